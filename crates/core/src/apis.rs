@@ -1,0 +1,461 @@
+//! The list of endpoints to watch, read from `apis.toml`.
+//!
+//! ```toml
+//! [defaults]            # optional; applies to every [[api]]
+//! interval = "15s"
+//! timeout = "30s"
+//!
+//! [[api]]
+//! name = "GitHub"
+//! url = "https://api.github.com/zen"
+//! method = "GET"                       # optional, default GET
+//! expected_status = [200]              # optional, default any 2xx
+//! timeout = "10s"                      # optional
+//! interval = "15s"                     # optional
+//! headers = { Authorization = "Bearer ${GITHUB_TOKEN}" }   # optional
+//! ```
+//!
+//! Header values may name environment variables as `${NAME}`, so that tokens
+//! stay out of the file. Parsing yields validated [`Endpoint`]s: an unknown
+//! key, a duplicate name, a bad URL or a bad value is an error naming the
+//! entry.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use serde::Deserialize;
+use url::Url;
+
+use crate::config::{parse_duration, ConfigError, Env};
+
+/// Default time between two checks of an endpoint.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
+/// Default limit on one check, from connect to the end of the body.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shortest interval accepted.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Which HTTP statuses count as success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectedStatus {
+    /// Any 2xx.
+    AnySuccess,
+    /// Exactly these codes.
+    Codes(Vec<u16>),
+}
+
+impl ExpectedStatus {
+    pub fn matches(&self, status: u16) -> bool {
+        match self {
+            ExpectedStatus::AnySuccess => (200..300).contains(&status),
+            ExpectedStatus::Codes(codes) => codes.contains(&status),
+        }
+    }
+}
+
+impl fmt::Display for ExpectedStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedStatus::AnySuccess => f.write_str("2xx"),
+            ExpectedStatus::Codes(c) => {
+                let parts: Vec<String> = c.iter().map(u16::to_string).collect();
+                f.write_str(&parts.join(" or "))
+            }
+        }
+    }
+}
+
+/// One endpoint to check, validated.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// Unique name; the key of its rows in `api_metrics`.
+    pub name: String,
+    pub url: Url,
+    pub method: Method,
+    /// Sent with every request. Values may hold tokens: never printed.
+    pub headers: HeaderMap,
+    /// Request body, for methods that take one.
+    pub body: Option<String>,
+    pub expected_status: ExpectedStatus,
+    /// Limit on one check, from connect to the end of the body.
+    pub timeout: Duration,
+    /// Time between the starts of two checks.
+    pub interval: Duration,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header_names: Vec<&str> = self.headers.keys().map(|k| k.as_str()).collect();
+        f.debug_struct("Endpoint")
+            .field("name", &self.name)
+            .field("url", &self.url.as_str())
+            .field("method", &self.method.as_str())
+            .field("headers", &header_names)
+            .field("expected_status", &self.expected_status)
+            .field("timeout", &self.timeout)
+            .field("interval", &self.interval)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRaw {
+    #[serde(default)]
+    defaults: Option<DefaultsRaw>,
+    #[serde(default)]
+    api: Vec<ApiRaw>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DefaultsRaw {
+    timeout: Option<DurationRaw>,
+    interval: Option<DurationRaw>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    expected_status: Option<StatusRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiRaw {
+    name: Option<String>,
+    url: Option<String>,
+    method: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body: Option<String>,
+    expected_status: Option<StatusRaw>,
+    timeout: Option<DurationRaw>,
+    interval: Option<DurationRaw>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum DurationRaw {
+    Seconds(f64),
+    Text(String),
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum StatusRaw {
+    One(i64),
+    Many(Vec<i64>),
+    Text(String),
+}
+
+/// Reads and validates the endpoints file at `path`. `env` resolves
+/// `${NAME}` references in header values.
+pub fn load_file(path: &Path, env: &Env) -> Result<Vec<Endpoint>, ConfigError> {
+    let key = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            "APIS_FILE",
+            format!("cannot read endpoints file `{key}`: {e}"),
+        )
+    })?;
+    parse(&text, &key, env)
+}
+
+/// Parses and validates an endpoints file's text; `source` names it in
+/// errors.
+pub fn parse(text: &str, source: &str, env: &Env) -> Result<Vec<Endpoint>, ConfigError> {
+    let raw: FileRaw = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let key = match line {
+            Some(l) => format!("{source}:{l}"),
+            None => source.to_string(),
+        };
+        ConfigError::new(key, e.message().replace('\n', " "))
+    })?;
+    let defaults = raw.defaults.unwrap_or_default();
+    if raw.api.is_empty() {
+        return Err(ConfigError::new(
+            source,
+            "expected at least one [[api]] entry with a name and a url",
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(raw.api.len());
+    for (i, api) in raw.api.into_iter().enumerate() {
+        let label = match &api.name {
+            Some(n) => format!("{source}: api[{i}] \"{n}\""),
+            None => format!("{source}: api[{i}]"),
+        };
+        let ep = validate(api, &defaults, env).map_err(|m| ConfigError::new(&label, m))?;
+        if !seen.insert(ep.name.clone()) {
+            return Err(ConfigError::new(
+                label,
+                format!(
+                    "duplicate endpoint name `{}`: names must be unique",
+                    ep.name
+                ),
+            ));
+        }
+        out.push(ep);
+    }
+    Ok(out)
+}
+
+fn validate(api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoint, String> {
+    let name = api.name.ok_or("name: missing (expected a unique text)")?;
+    let name = name.trim().to_string();
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+        return Err(format!(
+            "name: expected 1 to 200 printable characters, got `{name}`"
+        ));
+    }
+    let raw_url = api
+        .url
+        .ok_or("url: missing (expected an http:// or https:// URL)")?;
+    let url = Url::parse(raw_url.trim())
+        .map_err(|e| format!("url: expected an http:// or https:// URL, got `{raw_url}` ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "url: expected an http:// or https:// URL with a host, got `{raw_url}`"
+        ));
+    }
+    let method = match api.method {
+        None => Method::GET,
+        Some(m) => {
+            let upper = m.trim().to_ascii_uppercase();
+            Method::from_bytes(upper.as_bytes())
+                .map_err(|_| format!("method: expected an HTTP method such as GET, got `{m}`"))?
+        }
+    };
+    let mut headers = HeaderMap::new();
+    for (k, v) in defaults.headers.iter().chain(api.headers.iter()) {
+        let hname = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("headers: `{k}` is not a valid header name"))?;
+        let value = expand_env(v, env).map_err(|m| format!("headers.{k}: {m}"))?;
+        let mut hvalue = HeaderValue::from_str(&value)
+            .map_err(|_| format!("headers.{k}: the value is not a valid header value"))?;
+        hvalue.set_sensitive(true);
+        headers.insert(hname, hvalue);
+    }
+    let expected_status = match api.expected_status.or(defaults.expected_status.clone()) {
+        None => ExpectedStatus::AnySuccess,
+        Some(s) => status(s)?,
+    };
+    let timeout = duration(api.timeout.or(defaults.timeout.clone()), DEFAULT_TIMEOUT)
+        .map_err(|m| format!("timeout: {m}"))?;
+    let interval = duration(api.interval.or(defaults.interval.clone()), DEFAULT_INTERVAL)
+        .map_err(|m| format!("interval: {m}"))?;
+    if timeout.is_zero() {
+        return Err("timeout: expected a duration above zero".into());
+    }
+    if interval < MIN_INTERVAL {
+        return Err(format!(
+            "interval: expected at least {} ms, got {} ms",
+            MIN_INTERVAL.as_millis(),
+            interval.as_millis()
+        ));
+    }
+    Ok(Endpoint {
+        name,
+        url,
+        method,
+        headers,
+        body: api.body,
+        expected_status,
+        timeout,
+        interval,
+    })
+}
+
+fn duration(raw: Option<DurationRaw>, default: Duration) -> Result<Duration, String> {
+    match raw {
+        None => Ok(default),
+        Some(DurationRaw::Seconds(s)) if (0.0..1e9).contains(&s) => {
+            Ok(Duration::from_secs_f64(s))
+        }
+        Some(DurationRaw::Seconds(s)) => Err(format!("expected a positive duration, got {s}")),
+        Some(DurationRaw::Text(t)) => parse_duration(&t),
+    }
+}
+
+fn status(raw: StatusRaw) -> Result<ExpectedStatus, String> {
+    let check = |c: i64| -> Result<u16, String> {
+        if (100..=599).contains(&c) {
+            Ok(c as u16)
+        } else {
+            Err(format!(
+                "expected_status: expected HTTP codes from 100 to 599, got {c}"
+            ))
+        }
+    };
+    match raw {
+        StatusRaw::One(c) => Ok(ExpectedStatus::Codes(vec![check(c)?])),
+        StatusRaw::Many(v) if !v.is_empty() => Ok(ExpectedStatus::Codes(
+            v.into_iter().map(check).collect::<Result<_, _>>()?,
+        )),
+        StatusRaw::Many(_) => Err("expected_status: expected at least one code".into()),
+        StatusRaw::Text(t) if t.eq_ignore_ascii_case("2xx") => Ok(ExpectedStatus::AnySuccess),
+        StatusRaw::Text(t) => Err(format!(
+            "expected_status: expected a code, a list of codes or \"2xx\", got `{t}`"
+        )),
+    }
+}
+
+/// Replaces each `${NAME}` with the value of environment variable NAME.
+fn expand_env(value: &str, env: &Env) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unclosed `${` in value".to_string())?;
+        let var = &after[..end];
+        let v = env
+            .get(var)
+            .ok_or_else(|| format!("refers to environment variable {var}, which is not set"))?;
+        out.push_str(v);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> Vec<Endpoint> {
+        parse(text, "apis.toml", &Env::default()).unwrap()
+    }
+
+    fn parse_err(text: &str) -> ConfigError {
+        parse(text, "apis.toml", &Env::default()).unwrap_err()
+    }
+
+    #[test]
+    fn minimal_entry_gets_the_defaults() {
+        let eps = parse_ok("[[api]]\nname = \"A\"\nurl = \"http://a.test/x\"\n");
+        assert_eq!(eps.len(), 1);
+        let a = &eps[0];
+        assert_eq!(a.method, Method::GET);
+        assert_eq!(a.expected_status, ExpectedStatus::AnySuccess);
+        assert_eq!(a.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(a.interval, DEFAULT_INTERVAL);
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let eps = parse_ok(
+            r#"
+[defaults]
+interval = "5s"
+headers = { User-Agent = "t" }
+[[api]]
+name = "B"
+url = "https://b.test/"
+method = "post"
+headers = { Accept = "application/json" }
+body = "{}"
+expected_status = [200, 204]
+timeout = 2.5
+"#,
+        );
+        let b = &eps[0];
+        assert_eq!(b.method, Method::POST);
+        assert_eq!(b.interval, Duration::from_secs(5));
+        assert_eq!(b.timeout, Duration::from_millis(2500));
+        assert_eq!(b.expected_status, ExpectedStatus::Codes(vec![200, 204]));
+        assert_eq!(b.headers.len(), 2);
+        assert_eq!(b.body.as_deref(), Some("{}"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = parse_err("[[api]]\nname = \"A\"\nurl = \"http://a.test\"\ntiemout = 3\n");
+        assert!(err.key.starts_with("apis.toml:"), "{err}");
+        assert!(err.message.contains("tiemout"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let err = parse_err(
+            "[[api]]\nname = \"A\"\nurl = \"http://a.test\"\n[[api]]\nname = \"A\"\nurl = \"http://b.test\"\n",
+        );
+        assert!(err.key.contains("api[1]"), "{err}");
+        assert!(err.message.contains("duplicate"), "{err}");
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        for url in ["not a url", "ftp://a.test/", "http://"] {
+            let err = parse_err(&format!("[[api]]\nname = \"A\"\nurl = \"{url}\"\n"));
+            assert!(err.message.starts_with("url:"), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_fields_and_bad_values_are_named() {
+        assert!(parse_err("[[api]]\nurl = \"http://a.test\"\n")
+            .message
+            .starts_with("name:"));
+        assert!(parse_err("[[api]]\nname = \"A\"\n")
+            .message
+            .starts_with("url:"));
+        assert!(
+            parse_err("[[api]]\nname=\"A\"\nurl=\"http://a.test\"\nexpected_status = 999\n")
+                .message
+                .starts_with("expected_status:")
+        );
+        assert!(
+            parse_err("[[api]]\nname=\"A\"\nurl=\"http://a.test\"\ninterval = \"10ms\"\n")
+                .message
+                .starts_with("interval:")
+        );
+        assert!(parse_err("").message.contains("at least one"));
+    }
+
+    #[test]
+    fn header_values_expand_environment_variables_and_stay_hidden() {
+        let env = Env::from_pairs([("TOKEN", "s3cr3t")]);
+        let eps = parse(
+            "[[api]]\nname=\"A\"\nurl=\"http://a.test\"\nheaders = { Authorization = \"Bearer ${TOKEN}\" }\n",
+            "apis.toml",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(eps[0].headers["authorization"], "Bearer s3cr3t");
+        assert!(!format!("{:?}", eps[0]).contains("s3cr3t"));
+        let err = parse(
+            "[[api]]\nname=\"A\"\nurl=\"http://a.test\"\nheaders = { X = \"${NOPE}\" }\n",
+            "apis.toml",
+            &Env::default(),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("NOPE"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_file_lists_the_eight_seed_apis() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../apis.toml");
+        let eps = load_file(&path, &Env::default()).unwrap();
+        let names: Vec<&str> = eps.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "JSONPlaceholder",
+                "PokeAPI",
+                "CatFacts",
+                "BoredAPI",
+                "IPify",
+                "RandomUser",
+                "JokesAPI",
+                "GitHub"
+            ]
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! The `api_metrics` table: one row per check.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::METRICS_CHANNEL;
+
+/// One check of one endpoint.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct MetricRow {
+    /// When the check started (wall clock, microsecond precision).
+    pub timestamp: DateTime<Utc>,
+    pub api_name: String,
+    pub url: String,
+    /// Time to the end of the body; `None` when no complete response came.
+    pub response_time_ms: Option<f64>,
+    pub status_code: Option<i32>,
+    /// The response came and had an expected status.
+    pub success: bool,
+    pub response_size_bytes: Option<i64>,
+    /// `timeout`, `dns`, `connect`, `tls`, `http_status`, `body`, ...
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// Inserts `rows` in one statement and, in the same statement (so on
+/// commit), notifies [`METRICS_CHANNEL`] with the number of new rows. Rows
+/// already present (same api_name and timestamp, e.g. a batch retried after
+/// its commit was lost) are skipped. Returns how many rows were new.
+#[tracing::instrument(skip_all, fields(rows = rows.len()))]
+pub async fn insert_batch(pool: &PgPool, rows: &[MetricRow]) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let n = rows.len();
+    let mut ts = Vec::with_capacity(n);
+    let mut name = Vec::with_capacity(n);
+    let mut url = Vec::with_capacity(n);
+    let mut rt = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut success = Vec::with_capacity(n);
+    let mut size = Vec::with_capacity(n);
+    let mut kind = Vec::with_capacity(n);
+    let mut msg = Vec::with_capacity(n);
+    for r in rows {
+        ts.push(r.timestamp);
+        name.push(r.api_name.as_str());
+        url.push(r.url.as_str());
+        rt.push(r.response_time_ms);
+        status.push(r.status_code);
+        success.push(r.success);
+        size.push(r.response_size_bytes);
+        kind.push(r.error_kind.as_deref());
+        msg.push(r.error_message.as_deref());
+    }
+    let inserted: i64 = sqlx::query_scalar(
+        r#"
+        WITH ins AS (
+            INSERT INTO api_metrics ("timestamp", api_name, url, response_time_ms, status_code,
+                                     success, response_size_bytes, error_kind, error_message)
+            SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::float8[],
+                                 $5::int4[], $6::bool[], $7::int8[], $8::text[], $9::text[])
+            ON CONFLICT (api_name, "timestamp") DO NOTHING
+            RETURNING 1
+        )
+        SELECT s.n FROM (SELECT count(*) AS n FROM ins) AS s, pg_notify($10, s.n::text)
+        "#,
+    )
+    .bind(&ts)
+    .bind(&name)
+    .bind(&url)
+    .bind(&rt)
+    .bind(&status)
+    .bind(&success)
+    .bind(&size)
+    .bind(&kind)
+    .bind(&msg)
+    .bind(METRICS_CHANNEL)
+    .fetch_one(pool)
+    .await?;
+    Ok(u64::try_from(inserted).unwrap_or(0))
+}
+
+/// The rows of one API in time order (tests, replay).
+pub async fn for_api(pool: &PgPool, api_name: &str) -> Result<Vec<MetricRow>, sqlx::Error> {
+    sqlx::query_as(
+        r#"SELECT "timestamp", api_name, url, response_time_ms, status_code, success,
+                  response_size_bytes, error_kind, error_message
+           FROM api_metrics WHERE api_name = $1 ORDER BY "timestamp""#,
+    )
+    .bind(api_name)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,218 @@
+//! Database access: the pool, the embedded migrations, and one module per
+//! table.
+
+pub mod metrics;
+
+use std::fmt;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use crate::config::DbConfig;
+
+/// The migrations under `migrations/`, embedded in every binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+/// NOTIFY channel the pinger signals after each batch of `api_metrics`.
+pub const METRICS_CHANNEL: &str = "apimon_metrics";
+/// NOTIFY channel the detector signals after inserting `anomalies`.
+pub const ANOMALIES_CHANNEL: &str = "apimon_anomalies";
+
+/// A database failure, with what we were doing when it happened.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to PostgreSQL at {target}")]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("applying the migrations failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Query(#[from] sqlx::Error),
+}
+
+/// What the schema runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// TimescaleDB, with its version: hypertables and policies.
+    TimescaleDb { version: String },
+    /// Plain PostgreSQL: ordinary tables and our own `time_bucket`.
+    Postgres {
+        /// The server's version.
+        version: String,
+        /// TimescaleDB is installed on the server but could not be created.
+        timescale_available: bool,
+    },
+}
+
+impl Backend {
+    pub fn is_timescale(&self) -> bool {
+        matches!(self, Backend::TimescaleDb { .. })
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backend::TimescaleDb { version } => write!(f, "TimescaleDB {version}"),
+            Backend::Postgres { version, .. } => {
+                write!(f, "plain PostgreSQL {version} (without TimescaleDB)")
+            }
+        }
+    }
+}
+
+/// A pool that connects on first use, so a service can start while the
+/// database is still down.
+pub fn lazy_pool(cfg: &DbConfig) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(cfg.max_connections)
+        .acquire_timeout(cfg.acquire_timeout)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_lazy_with(cfg.connect_options())
+}
+
+/// Connects, failing when the database cannot be reached now.
+pub async fn connect(cfg: &DbConfig) -> Result<PgPool, DbError> {
+    PgPoolOptions::new()
+        .max_connections(cfg.max_connections)
+        .acquire_timeout(cfg.acquire_timeout)
+        .connect_with(cfg.connect_options())
+        .await
+        .map_err(|source| DbError::Connect {
+            target: cfg.target().to_string(),
+            source,
+        })
+}
+
+/// Connects and migrates, retrying with backoff (up to 30 s between tries)
+/// while the database is unreachable, until it succeeds or `shutdown`
+/// completes (then `None`).
+pub async fn connect_and_migrate(
+    cfg: &DbConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Option<(PgPool, Backend)> {
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let attempt = async {
+            let pool = connect(cfg).await?;
+            let backend = migrate(&pool).await?;
+            Ok::<_, DbError>((pool, backend))
+        };
+        tokio::select! {
+            _ = &mut shutdown => return None,
+            res = attempt => match res {
+                Ok(ready) => return Some(ready),
+                Err(e) => tracing::warn!(
+                    error.message = %e,
+                    error.cause_chain = ?e,
+                    retry_in_secs = backoff.as_secs_f64(),
+                    "database not ready"
+                ),
+            },
+        }
+        tokio::select! {
+            _ = &mut shutdown => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Applies the migrations (a no-op when they are applied already; sqlx holds
+/// an advisory lock, so several binaries may start at once), then reports
+/// which backend the schema runs on, logging it, and warning with the fix
+/// when TimescaleDB is installed but could not be created.
+#[tracing::instrument(skip_all)]
+pub async fn migrate(pool: &PgPool) -> Result<Backend, DbError> {
+    MIGRATOR.run(pool).await?;
+    let backend = backend(pool).await?;
+    match &backend {
+        Backend::TimescaleDb { .. } => tracing::info!(%backend, "schema ready on TimescaleDB"),
+        Backend::Postgres {
+            timescale_available: true,
+            ..
+        } => tracing::warn!(
+            %backend,
+            "TimescaleDB is installed on the server but the extension could not be created; \
+             add `shared_preload_libraries = 'timescaledb'` to postgresql.conf, restart \
+             PostgreSQL and run `CREATE EXTENSION timescaledb` (then hypertables need a \
+             manual conversion); running on plain PostgreSQL tables meanwhile"
+        ),
+        Backend::Postgres { .. } => tracing::info!(
+            %backend,
+            "schema ready on plain PostgreSQL (TimescaleDB not available on this server)"
+        ),
+    }
+    Ok(backend)
+}
+
+/// Which backend the migrated schema runs on.
+pub async fn backend(pool: &PgPool) -> Result<Backend, sqlx::Error> {
+    let ts: Option<String> =
+        sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+            .fetch_optional(pool)
+            .await?;
+    if let Some(version) = ts {
+        return Ok(Backend::TimescaleDb { version });
+    }
+    let (version, available): (String, bool) = sqlx::query_as(
+        "SELECT current_setting('server_version'), \
+         EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Backend::Postgres {
+        version,
+        timescale_available: available,
+    })
+}
+
+/// Keeps `RETENTION_DAYS` of data. On TimescaleDB this (re)sets the
+/// retention policies of both hypertables and returns 0; on plain PostgreSQL
+/// it deletes older rows now and returns how many (call it periodically).
+#[tracing::instrument(skip(pool))]
+pub async fn apply_retention(
+    pool: &PgPool,
+    backend: &Backend,
+    days: u32,
+) -> Result<u64, sqlx::Error> {
+    let days = i32::try_from(days).unwrap_or(i32::MAX);
+    if backend.is_timescale() {
+        let mut tx = pool.begin().await?;
+        // Serialise with other binaries doing the same at start.
+        sqlx::query("SELECT pg_advisory_xact_lock(727364001)")
+            .execute(&mut *tx)
+            .await?;
+        for table in ["api_metrics", "anomalies"] {
+            sqlx::query("SELECT remove_retention_policy($1::regclass, if_exists => TRUE)")
+                .bind(table)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("SELECT add_retention_policy($1::regclass, make_interval(days => $2))")
+                .bind(table)
+                .bind(days)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(0)
+    } else {
+        let mut deleted = 0;
+        for sql in [
+            "DELETE FROM api_metrics WHERE \"timestamp\" < now() - make_interval(days => $1)",
+            "DELETE FROM anomalies WHERE \"timestamp\" < now() - make_interval(days => $1)",
+        ] {
+            deleted += sqlx::query(sql)
+                .bind(days)
+                .execute(pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(deleted)
+    }
+}

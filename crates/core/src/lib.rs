@@ -1,0 +1,11 @@
+//! apimon-core: what the pinger, detector and alerter share — configuration,
+//! the endpoints file, the schema and its database access, and sharding.
+
+pub mod apis;
+pub mod config;
+pub mod db;
+pub mod shard;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{ConfigError, DbConfig, Env};

@@ -1,0 +1,98 @@
+//! The pinger's configuration, read from the environment and `apis.toml`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use apimon_core::apis::{self, Endpoint};
+use apimon_core::shard::Shard;
+use apimon_core::{ConfigError, DbConfig, Env};
+
+/// Everything the pinger needs, validated.
+#[derive(Debug, Clone)]
+pub struct PingerConfig {
+    pub db: DbConfig,
+    /// Where the endpoints came from (`APIS_FILE`).
+    pub apis_file: PathBuf,
+    /// Every endpoint in the file; [`PingerConfig::owned_endpoints`] filters
+    /// them by shard.
+    pub endpoints: Vec<Endpoint>,
+    /// This replica's share of the endpoints (`PINGER_SHARD`).
+    pub shard: Shard,
+    /// Rows kept in memory while the database is unreachable
+    /// (`PINGER_BUFFER_SIZE`); beyond it the oldest are dropped.
+    pub buffer_capacity: usize,
+    /// Time between two flushes to the database (`PINGER_FLUSH_INTERVAL`).
+    pub flush_interval: Duration,
+    /// Most rows in one INSERT (`PINGER_BATCH_SIZE`).
+    pub batch_size: usize,
+    /// How long shutdown waits for requests in flight and the last flush
+    /// (`SHUTDOWN_GRACE`).
+    pub shutdown_grace: Duration,
+    /// Days of data kept (`RETENTION_DAYS`).
+    pub retention_days: u32,
+    /// Sent as `User-Agent` unless an endpoint sets its own
+    /// (`PINGER_USER_AGENT`).
+    pub user_agent: String,
+    /// Time between two summary lines in the log (`PINGER_SUMMARY_INTERVAL`);
+    /// default: the shortest endpoint interval, one "round".
+    pub summary_interval: Duration,
+}
+
+impl PingerConfig {
+    pub fn from_env(env: &Env) -> Result<PingerConfig, ConfigError> {
+        let db = DbConfig::from_env(env)?;
+        let apis_file = PathBuf::from(env.get("APIS_FILE").unwrap_or("./apis.toml"));
+        let endpoints = apis::load_file(&apis_file, env)?;
+        let shard = Shard::from_env(env, "PINGER_SHARD")?;
+        let buffer_capacity = env.int_in("PINGER_BUFFER_SIZE", 100_000usize, 1..=100_000_000)?;
+        let flush_interval =
+            env.duration_or("PINGER_FLUSH_INTERVAL", Duration::from_millis(250))?;
+        if flush_interval.is_zero() || flush_interval > Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "PINGER_FLUSH_INTERVAL",
+                "expected a duration above 0 and at most 1s",
+            ));
+        }
+        let batch_size = env.int_in("PINGER_BATCH_SIZE", 5_000usize, 1..=100_000)?;
+        let shutdown_grace = env.duration_or("SHUTDOWN_GRACE", Duration::from_secs(10))?;
+        let retention_days = env.int_in("RETENTION_DAYS", 90u32, 1..=36_500)?;
+        let user_agent = env
+            .get("PINGER_USER_AGENT")
+            .unwrap_or(concat!("apimon-pinger/", env!("CARGO_PKG_VERSION")))
+            .to_string();
+        let shortest = endpoints
+            .iter()
+            .map(|e| e.interval)
+            .min()
+            .unwrap_or(apis::DEFAULT_INTERVAL);
+        let summary_interval = env.duration_or("PINGER_SUMMARY_INTERVAL", shortest)?;
+        if summary_interval.is_zero() {
+            return Err(ConfigError::new(
+                "PINGER_SUMMARY_INTERVAL",
+                "expected a duration above 0",
+            ));
+        }
+        Ok(PingerConfig {
+            db,
+            apis_file,
+            endpoints,
+            shard,
+            buffer_capacity,
+            flush_interval,
+            batch_size,
+            shutdown_grace,
+            retention_days,
+            user_agent,
+            summary_interval,
+        })
+    }
+
+    /// The endpoints this replica checks.
+    pub fn owned_endpoints(&self) -> Vec<Endpoint> {
+        self.endpoints
+            .iter()
+            .filter(|e| self.shard.owns(&e.name))
+            .cloned()
+            .collect()
+    }
+}

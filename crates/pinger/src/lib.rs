@@ -1,0 +1,229 @@
+//! The pinger: checks every endpoint on its own fixed-rate schedule and
+//! writes each result to `api_metrics`.
+//!
+//! Each endpoint has its own task and timer, so a slow or hanging endpoint
+//! delays nobody else, and at most one of its requests is in flight: when a
+//! check outlasts its interval, the ticks it overran are skipped, and the
+//! schedule stays on its original grid. Results go to a bounded in-memory
+//! [`buffer::Buffer`] that a [`writer::Writer`] flushes in batches.
+
+pub mod buffer;
+pub mod check;
+pub mod config;
+pub mod stats;
+pub mod writer;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apimon_core::apis::Endpoint;
+use apimon_core::shard::stable_hash;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::buffer::Buffer;
+use crate::check::Checker;
+use crate::config::PingerConfig;
+use crate::stats::Stats;
+use crate::writer::Writer;
+
+/// What a run did, returned when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub checks: u64,
+    pub written: u64,
+    /// INSERT statements issued (one per batch).
+    pub batches: u64,
+    /// Rows dropped because the buffer was full.
+    pub dropped: u64,
+    /// Rows still unwritten at exit.
+    pub lost: usize,
+}
+
+/// Delay of an endpoint's first check after start: spread over one interval
+/// by a hash of its name, so that many endpoints don't all fire at once and
+/// a restart keeps each one's phase.
+pub fn first_check_offset(name: &str, interval: Duration) -> Duration {
+    let ms = interval.as_millis().max(1) as u64;
+    Duration::from_millis(stable_hash(name) % ms)
+}
+
+/// Runs until `shutdown` completes, or until every endpoint has been checked
+/// `max_rounds` times when that is set. Then it stops scheduling, waits for
+/// requests in flight and the last flush (each up to the grace period), and
+/// returns.
+pub async fn run(
+    cfg: PingerConfig,
+    pool: PgPool,
+    max_rounds: Option<u64>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<RunOutcome> {
+    let endpoints = cfg.owned_endpoints();
+    tracing::info!(
+        endpoints = endpoints.len(),
+        configured = cfg.endpoints.len(),
+        shard = %cfg.shard,
+        file = %cfg.apis_file.display(),
+        "pinger starting"
+    );
+    if endpoints.is_empty() {
+        tracing::warn!(shard = %cfg.shard, "this shard owns no endpoint; nothing to check");
+    }
+    let checker = Checker::new(&cfg.user_agent)?;
+    let buffer = Arc::new(Buffer::new(cfg.buffer_capacity, cfg.batch_size));
+    let stats = Arc::new(Stats::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let writer = Writer {
+        pool,
+        buffer: buffer.clone(),
+        stats: stats.clone(),
+        flush_interval: cfg.flush_interval,
+        retention_days: cfg.retention_days,
+    };
+    let (writer_stop_tx, writer_stop_rx) = watch::channel(false);
+    let writer_task = tokio::spawn(writer.run(writer_stop_rx, cfg.shutdown_grace));
+    let summary_task = tokio::spawn(summary_loop(
+        stats.clone(),
+        buffer.clone(),
+        cfg.summary_interval,
+        stop_rx.clone(),
+    ));
+
+    let start = Instant::now();
+    let mut loops = JoinSet::new();
+    for ep in endpoints {
+        let first_due = start + first_check_offset(&ep.name, ep.interval);
+        loops.spawn(endpoint_loop(
+            ep,
+            checker.clone(),
+            buffer.clone(),
+            stats.clone(),
+            stop_rx.clone(),
+            first_due,
+            max_rounds,
+        ));
+    }
+
+    let all_done = async { while loops.join_next().await.is_some() {} };
+    let finished = tokio::select! {
+        _ = shutdown => false,
+        _ = all_done => true,
+    };
+    if !finished {
+        tracing::info!("shutting down: no new checks; waiting for those in flight");
+    }
+    let _ = stop_tx.send(true);
+    let in_flight = async { while loops.join_next().await.is_some() {} };
+    if tokio::time::timeout(cfg.shutdown_grace, in_flight)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            abandoned = loops.len(),
+            grace_secs = cfg.shutdown_grace.as_secs_f64(),
+            "checks still in flight after the grace period; abandoning them"
+        );
+        loops.abort_all();
+    }
+    let _ = summary_task.await;
+    let _ = writer_stop_tx.send(true);
+    let lost = writer_task.await?;
+    let outcome = RunOutcome {
+        checks: stats.checks(),
+        written: stats.written(),
+        batches: stats.batches(),
+        dropped: stats.dropped(),
+        lost,
+    };
+    tracing::info!(?outcome, "pinger stopped");
+    Ok(outcome)
+}
+
+async fn endpoint_loop(
+    ep: Endpoint,
+    checker: Checker,
+    buffer: Arc<Buffer>,
+    stats: Arc<Stats>,
+    mut stop: watch::Receiver<bool>,
+    first_due: Instant,
+    max_rounds: Option<u64>,
+) {
+    let mut timer = tokio::time::interval_at(first_due, ep.interval);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut done = 0u64;
+    loop {
+        let due = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            due = timer.tick() => due,
+        };
+        if *stop.borrow() {
+            break;
+        }
+        let late = due.elapsed();
+        let row = checker.check(&ep).await;
+        if !row.success {
+            tracing::warn!(
+                api = %ep.name,
+                kind = row.error_kind.as_deref().unwrap_or(""),
+                status = row.status_code,
+                message = row.error_message.as_deref().unwrap_or(""),
+                "check failed"
+            );
+        }
+        stats.record(row.response_time_ms, row.success, late);
+        buffer.push(row);
+        done += 1;
+        if max_rounds.is_some_and(|m| done >= m) {
+            break;
+        }
+    }
+}
+
+async fn summary_loop(
+    stats: Arc<Stats>,
+    buffer: Arc<Buffer>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut timer = tokio::time::interval_at(Instant::now() + every, every);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = timer.tick() => {}
+        }
+        let s = stats.take_period();
+        tracing::info!(
+            checks = s.checks,
+            failed = s.failures,
+            p50_ms = format_args!("{:.1}", s.p50_ms),
+            p95_ms = format_args!("{:.1}", s.p95_ms),
+            late_p99_ms = format_args!("{:.1}", s.late_p99_ms),
+            buffered = buffer.len(),
+            written_total = stats.written(),
+            "round"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_checks_spread_within_one_interval_and_are_stable() {
+        let iv = Duration::from_secs(15);
+        let offsets: Vec<Duration> = (0..100)
+            .map(|i| first_check_offset(&format!("api-{i}"), iv))
+            .collect();
+        assert!(offsets.iter().all(|o| *o < iv));
+        assert_eq!(first_check_offset("api-7", iv), offsets[7]);
+        let distinct: std::collections::HashSet<_> = offsets.iter().collect();
+        assert!(distinct.len() > 90, "{} distinct offsets", distinct.len());
+    }
+}

@@ -1,0 +1,71 @@
+//! `pinger`: checks the endpoints of `apis.toml` and stores every result in
+//! `api_metrics`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use apimon_core::config::CONFIG_EXIT_CODE;
+use apimon_core::{db, shutdown, telemetry, Env};
+use clap::Parser;
+use pinger::config::PingerConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Checks HTTP APIs on a schedule and stores every result in api_metrics"
+)]
+struct Cli {
+    /// Check each endpoint this many times, then flush and exit.
+    #[arg(long, value_name = "N")]
+    rounds: Option<u64>,
+    /// Validate the configuration, print the endpoints, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    let cfg = match Env::load().and_then(|env| PingerConfig::from_env(&env)) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("pinger: configuration error: {e}");
+            return ExitCode::from(CONFIG_EXIT_CODE as u8);
+        }
+    };
+    if cli.check_config {
+        for ep in cfg.owned_endpoints() {
+            println!(
+                "{}\t{} {}\tevery {:?}\ttimeout {:?}\texpect {}",
+                ep.name, ep.method, ep.url, ep.interval, ep.timeout, ep.expected_status
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pinger: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cfg, cli.rounds)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error.cause_chain = ?e, error.message = %e, "pinger failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cfg: PingerConfig, rounds: Option<u64>) -> anyhow::Result<()> {
+    tracing::info!(
+        database = cfg.db.target(),
+        "connecting (the pinger keeps checking while the database is down)"
+    );
+    let pool = db::lazy_pool(&cfg.db);
+    pinger::run(cfg, pool, rounds, shutdown::signal())
+        .await
+        .context("running the pinger")?;
+    Ok(())
+}

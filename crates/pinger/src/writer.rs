@@ -1,0 +1,150 @@
+//! Moves rows from the [`Buffer`] to `api_metrics` in batches: one statement
+//! per batch, at least every flush interval, retried with backoff while the
+//! database is unreachable. It also readies the schema (migrations,
+//! retention) on its first contact with the database.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apimon_core::db::{self, Backend};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::buffer::Buffer;
+use crate::stats::Stats;
+
+const BACKOFF_START: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Plain PostgreSQL has no retention policy: delete old rows this often.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+pub struct Writer {
+    pub pool: PgPool,
+    pub buffer: Arc<Buffer>,
+    pub stats: Arc<Stats>,
+    pub flush_interval: Duration,
+    pub retention_days: u32,
+}
+
+struct State {
+    backend: Option<Backend>,
+    backoff: Duration,
+    /// When the current outage began, if the database is failing.
+    failing_since: Option<Instant>,
+    next_retention: Instant,
+}
+
+impl Writer {
+    /// Runs until `stop` turns true, then writes what is left within
+    /// `grace`. Returns the number of rows that could not be written.
+    pub async fn run(self, mut stop: watch::Receiver<bool>, grace: Duration) -> usize {
+        let mut st = State {
+            backend: None,
+            backoff: BACKOFF_START,
+            failing_since: None,
+            next_retention: Instant::now(),
+        };
+        loop {
+            let wait = if st.failing_since.is_some() {
+                st.backoff
+            } else {
+                self.flush_interval
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.buffer.wake.notified(), if st.failing_since.is_none() => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                break;
+            }
+            self.step(&mut st).await;
+        }
+        // Final flush: keep trying until the buffer is empty or grace is up.
+        let deadline = Instant::now() + grace;
+        while !self.buffer.is_empty() && Instant::now() < deadline {
+            if !self.step(&mut st).await {
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(st.backoff.min(left)).await;
+            }
+        }
+        let lost = self.buffer.len();
+        if lost > 0 {
+            tracing::error!(
+                rows = lost,
+                "shutting down with rows the database did not take; they are lost"
+            );
+        }
+        lost
+    }
+
+    /// Readies the schema if needed and writes every buffered row. Returns
+    /// false after a database error.
+    async fn step(&self, st: &mut State) -> bool {
+        let dropped = self.buffer.take_dropped();
+        if dropped > 0 {
+            self.stats.add_dropped(dropped);
+            tracing::warn!(
+                dropped,
+                total_dropped = self.stats.dropped(),
+                "buffer full: dropped the oldest rows"
+            );
+        }
+        match self.try_flush(st).await {
+            Ok(()) => {
+                if let Some(since) = st.failing_since.take() {
+                    tracing::info!(
+                        outage_secs = since.elapsed().as_secs_f64(),
+                        "database reachable again; buffered rows written"
+                    );
+                }
+                st.backoff = BACKOFF_START;
+                true
+            }
+            Err(e) => {
+                let first = st.failing_since.is_none();
+                let since = *st.failing_since.get_or_insert_with(Instant::now);
+                if first || st.backoff >= BACKOFF_MAX {
+                    tracing::warn!(
+                        error.message = %e,
+                        error.cause_chain = ?e,
+                        buffered = self.buffer.len(),
+                        outage_secs = since.elapsed().as_secs_f64(),
+                        "cannot write to the database; keeping rows in memory and retrying"
+                    );
+                }
+                st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
+                false
+            }
+        }
+    }
+
+    async fn try_flush(&self, st: &mut State) -> Result<(), db::DbError> {
+        if st.backend.is_none() {
+            let backend = db::migrate(&self.pool).await?;
+            if backend.is_timescale() {
+                db::apply_retention(&self.pool, &backend, self.retention_days).await?;
+            }
+            st.backend = Some(backend);
+        }
+        while let Some(batch) = self.buffer.peek_batch() {
+            let inserted = db::metrics::insert_batch(&self.pool, &batch.rows).await?;
+            self.buffer.ack(&batch);
+            self.stats.add_written(inserted);
+        }
+        if let Some(backend) = &st.backend {
+            if !backend.is_timescale() && Instant::now() >= st.next_retention {
+                st.next_retention = Instant::now() + RETENTION_EVERY;
+                let deleted = db::apply_retention(&self.pool, backend, self.retention_days).await?;
+                if deleted > 0 {
+                    tracing::info!(
+                        deleted,
+                        days = self.retention_days,
+                        "retention: deleted old rows"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,84 @@
+//! Test helpers shared by every crate of the workspace.
+//!
+//! [`fresh_database`] gives each test its own empty database: on the server
+//! named by `DATABASE_URL` when it is set, otherwise on a throwaway
+//! PostgreSQL cluster that this process starts once (and that a watchdog
+//! stops and deletes when the process exits). [`PgCluster`] starts a
+//! dedicated cluster, for tests that stop and restart the database.
+
+pub mod http;
+mod pg;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+pub use pg::{find_pg_bin, LeakedCluster, PgCluster};
+use sqlx::Connection;
+
+/// An empty database created for one test.
+#[derive(Clone, Debug)]
+pub struct TestDb {
+    /// Connection URL of the database.
+    pub url: String,
+    /// Its name.
+    pub name: String,
+}
+
+enum Server {
+    External(url::Url),
+    Local(LeakedCluster),
+}
+
+impl Server {
+    fn url(&self, database: &str) -> String {
+        match self {
+            Server::External(base) => {
+                let mut u = base.clone();
+                u.set_path(&format!("/{database}"));
+                u.to_string()
+            }
+            Server::Local(c) => c.url(database),
+        }
+    }
+}
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            Server::External(url::Url::parse(&url).expect("DATABASE_URL is not a valid URL"))
+        }
+        _ => Server::Local(PgCluster::start().stop_when_process_exits(std::process::id())),
+    })
+}
+
+/// URL of the maintenance database of the server tests use.
+pub fn admin_url() -> String {
+    match server() {
+        Server::External(u) => u.to_string(),
+        Server::Local(c) => c.url("postgres"),
+    }
+}
+
+/// Creates a new, empty database for one test and returns its URL.
+pub async fn fresh_database() -> TestDb {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let server = server();
+    let name = format!(
+        "apimon_test_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut conn = sqlx::PgConnection::connect(&admin_url())
+        .await
+        .expect("connect to the test PostgreSQL server");
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let _ = conn.close().await;
+    TestDb {
+        url: server.url(&name),
+        name,
+    }
+}
