@@ -10,7 +10,10 @@ use apimon_core::{db, shutdown, telemetry, DbConfig, Env};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "apimon alerter: emails and webhooks about anomalies and status reports")]
+#[command(
+    version,
+    about = "apimon alerter: emails and webhooks about anomalies and status reports"
+)]
 struct Cli {}
 
 fn main() -> ExitCode {

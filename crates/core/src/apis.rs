@@ -273,9 +273,7 @@ fn validate(api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoint, 
 fn duration(raw: Option<DurationRaw>, default: Duration) -> Result<Duration, String> {
     match raw {
         None => Ok(default),
-        Some(DurationRaw::Seconds(s)) if (0.0..1e9).contains(&s) => {
-            Ok(Duration::from_secs_f64(s))
-        }
+        Some(DurationRaw::Seconds(s)) if (0.0..1e9).contains(&s) => Ok(Duration::from_secs_f64(s)),
         Some(DurationRaw::Seconds(s)) => Err(format!("expected a positive duration, got {s}")),
         Some(DurationRaw::Text(t)) => parse_duration(&t),
     }

@@ -10,7 +10,10 @@ use apimon_core::{db, shutdown, telemetry, DbConfig, Env};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "apimon detector: turns api_metrics rows into anomalies (Isolation Forest per API)")]
+#[command(
+    version,
+    about = "apimon detector: turns api_metrics rows into anomalies (Isolation Forest per API)"
+)]
 struct Cli {}
 
 fn main() -> ExitCode {

@@ -1,0 +1,145 @@
+//! Every kind of failure is told apart and recorded.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use apimon_testkit::http::Reply;
+use helpers::Harness;
+
+fn entry(name: &str, url: &str, extra: &str) -> String {
+    let timeout = if extra.contains("timeout") {
+        ""
+    } else {
+        "timeout = \"2s\"\n"
+    };
+    format!("[[api]]\nname = \"{name}\"\nurl = \"{url}\"\ninterval = \"1s\"\n{timeout}{extra}\n")
+}
+
+#[tokio::test]
+async fn each_failure_kind_is_classified() {
+    let h = Harness::new().await;
+    h.server.set("/ok", Reply::ok());
+    h.server.set("/hang", Reply::Hang);
+    h.server.set("/boom", Reply::status(500));
+    h.server.set("/created", Reply::status(201));
+    h.server.set(
+        "/cut",
+        Reply::Truncate {
+            declared: 1000,
+            sent: 10,
+        },
+    );
+    h.server.set("/close", Reply::Close);
+    // A port with nothing listening: bind one, then free it.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // A plain-text server behind an https:// URL: like nginx, it answers the
+    // TLS ClientHello with a plain HTTP 400, which no TLS client accepts.
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let https = format!("https://{}/ok", plain.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut s, _)) = plain.accept().await {
+            let _ = s
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let toml = [
+        entry("ok", &h.server.url("/ok"), ""),
+        entry("timeout", &h.server.url("/hang"), "timeout = \"300ms\""),
+        entry("refused", &format!("http://127.0.0.1:{closed}/"), ""),
+        entry("dns", "http://no-such-host.invalid/", ""),
+        entry("tls", &https, ""),
+        entry("status", &h.server.url("/boom"), ""),
+        entry(
+            "unexpected",
+            &h.server.url("/created"),
+            "expected_status = 200",
+        ),
+        entry("body", &h.server.url("/cut"), ""),
+        entry("closed", &h.server.url("/close"), ""),
+    ]
+    .concat();
+    let cfg = h.config(&toml, &[]);
+    pinger::run(cfg, h.pinger_pool(), Some(1), std::future::pending())
+        .await
+        .unwrap();
+
+    let expect = [
+        ("ok", None, Some(200)),
+        ("timeout", Some("timeout"), None),
+        ("refused", Some("connect"), None),
+        ("dns", Some("dns"), None),
+        ("tls", Some("tls"), None),
+        ("status", Some("http_status"), Some(500)),
+        ("unexpected", Some("http_status"), Some(201)),
+        ("body", Some("body"), Some(200)),
+        ("closed", Some("request"), None),
+    ];
+    for (name, kind, status) in expect {
+        let rows = h.rows(name).await;
+        assert_eq!(rows.len(), 1, "{name}");
+        let r = &rows[0];
+        assert_eq!(
+            r.error_kind.as_deref(),
+            kind,
+            "{name}: {:?}",
+            r.error_message
+        );
+        assert_eq!(r.status_code, status, "{name}");
+        assert_eq!(r.success, kind.is_none(), "{name}");
+        // A response time only for complete responses.
+        let complete = matches!(kind, None | Some("http_status"));
+        assert_eq!(r.response_time_ms.is_some(), complete, "{name}");
+        if kind.is_some() {
+            let msg = r.error_message.as_deref().unwrap_or("");
+            assert!(!msg.is_empty(), "{name} has an error message");
+        }
+    }
+    let ok = &h.rows("ok").await[0];
+    assert_eq!(ok.response_size_bytes, Some("{\"ok\":true}".len() as i64));
+    let status = &h.rows("status").await[0];
+    assert!(status.error_message.as_deref().unwrap().contains("500"));
+}
+
+#[tokio::test]
+async fn error_messages_do_not_carry_the_url_and_its_query() {
+    let h = Harness::new().await;
+    h.server.set("/hang", Reply::Hang);
+    let url = format!("{}?api_key=s3cr3t", h.server.url("/hang"));
+    let cfg = h.config(&entry("keyed", &url, "timeout = \"200ms\""), &[]);
+    pinger::run(cfg, h.pinger_pool(), Some(1), std::future::pending())
+        .await
+        .unwrap();
+    let r = &h.rows("keyed").await[0];
+    assert_eq!(r.error_kind.as_deref(), Some("timeout"));
+    assert!(!r.error_message.as_deref().unwrap().contains("s3cr3t"));
+}
+
+#[tokio::test]
+async fn method_headers_and_body_are_sent() {
+    let h = Harness::new().await;
+    h.server.set("/post", Reply::status(204));
+    let extra = "method = \"POST\"\nbody = \"{\\\"q\\\":1}\"\nexpected_status = [204]\n\
+                 headers = { X-Token = \"abc\" }";
+    let cfg = h.config(&entry("poster", &h.server.url("/post"), extra), &[]);
+    pinger::run(cfg, h.pinger_pool(), Some(1), std::future::pending())
+        .await
+        .unwrap();
+    let req = &h.server.requests()[0];
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.body, b"{\"q\":1}");
+    assert!(req
+        .headers
+        .iter()
+        .any(|(k, v)| k == "x-token" && v == "abc"));
+    assert!(req
+        .headers
+        .iter()
+        .any(|(k, v)| k == "user-agent" && v.starts_with("apimon-pinger/")));
+    assert!(h.rows("poster").await[0].success);
+}

@@ -1,0 +1,226 @@
+//! Database outages, sharding, shutdown and bad configuration.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use apimon_testkit::http::Reply;
+use apimon_testkit::PgCluster;
+use helpers::{endpoints, spacing_ms, wait_until, Harness};
+
+#[tokio::test]
+async fn the_outage_buffer_loses_nothing_across_a_database_restart() {
+    let cluster = std::sync::Arc::new(PgCluster::start());
+    let h = Harness::with_database_url(cluster.url("postgres")).await;
+    h.server.set("/ok", Reply::ok());
+    let entries = [("a", "/ok"), ("b", "/ok"), ("c", "/ok")];
+    let cfg = h.config(&endpoints(&h.server, &entries, "200ms"), &[]);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(pinger::run(cfg, h.pinger_pool(), None, async {
+        let _ = stop_rx.await;
+    }));
+
+    assert!(wait_until(Duration::from_secs(10), || async { h.count().await >= 6 }).await);
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.stop()).await.unwrap();
+    // Checks go on while the database is down.
+    let hits_before = h.server.hits("/ok");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        h.server.hits("/ok") >= hits_before + 30,
+        "checks continued during the outage"
+    );
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.restart())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_tx.send(()).unwrap();
+    let outcome = run.await.unwrap().unwrap();
+
+    assert_eq!(outcome.lost, 0);
+    assert_eq!(outcome.dropped, 0);
+    assert_eq!(
+        h.count().await as u64,
+        outcome.checks,
+        "every check is in the table"
+    );
+    assert_eq!(outcome.checks as usize, h.server.hits("/ok"));
+    for (name, _) in entries {
+        let rows = h.rows(name).await;
+        let gaps = spacing_ms(&rows);
+        assert!(
+            gaps.iter().all(|g| *g < 300.0),
+            "{name}: no hole in the series: {gaps:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_full_buffer_drops_the_oldest_rows_and_counts_them() {
+    let h = Harness::new().await;
+    h.server.set("/ok", Reply::ok());
+    // A database that is never there.
+    let dead_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dead_url = format!("postgres://postgres@127.0.0.1:{dead_port}/nowhere");
+    let toml = endpoints(&h.server, &[("a", "/ok"), ("b", "/ok")], "100ms");
+    let mut env = h.env(
+        &toml,
+        &[("PINGER_BUFFER_SIZE", "5"), ("SHUTDOWN_GRACE", "500ms")],
+    );
+    env[0].1 = dead_url;
+    let cfg = pinger::config::PingerConfig::from_env(&apimon_core::Env::from_pairs(env)).unwrap();
+    let pool = apimon_core::db::lazy_pool(&cfg.db);
+    let outcome = pinger::run(cfg, pool, None, tokio::time::sleep(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    assert!(outcome.checks >= 20, "{outcome:?}");
+    assert_eq!(outcome.written, 0);
+    assert_eq!(outcome.lost, 5, "the buffer keeps its capacity");
+    assert_eq!(outcome.dropped + 5, outcome.checks, "{outcome:?}");
+}
+
+#[tokio::test]
+async fn shards_split_the_endpoints_without_overlap_or_gap() {
+    let h = Harness::new().await;
+    h.server.set("/ok", Reply::ok());
+    let names: Vec<String> = (0..30).map(|i| format!("svc-{i}")).collect();
+    let entries: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "/ok")).collect();
+    let toml = endpoints(&h.server, &entries, "300ms");
+    let runs = (0..3).map(|i| {
+        let shard = format!("{i}/3");
+        let cfg = h.config(&toml, &[("PINGER_SHARD", shard.as_str())]);
+        pinger::run(cfg, h.pinger_pool(), Some(2), std::future::pending())
+    });
+    let outcomes = futures_util::future::join_all(runs).await;
+    let mut total = 0;
+    for o in outcomes {
+        let o = o.unwrap();
+        assert!(o.checks > 0, "every replica has a share");
+        total += o.checks;
+    }
+    assert_eq!(total, 60);
+    for name in &names {
+        assert_eq!(
+            h.rows(name).await.len(),
+            2,
+            "{name} checked by exactly one replica"
+        );
+    }
+}
+
+fn pinger_binary() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pinger"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    c
+}
+
+#[tokio::test]
+async fn sigterm_stops_scheduling_flushes_and_exits_zero() {
+    let h = Harness::new().await;
+    h.server.set("/ok", Reply::delayed(50));
+    let toml = endpoints(
+        &h.server,
+        &[("a", "/ok"), ("b", "/ok"), ("c", "/ok")],
+        "200ms",
+    );
+    let mut cmd = pinger_binary();
+    cmd.envs(h.env(&toml, &[]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    assert!(wait_until(Duration::from_secs(15), || async { h.count().await >= 6 }).await);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit status {:?}: {stderr}",
+        out.status
+    );
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    // Every request the server answered is in the table: nothing left behind.
+    assert_eq!(h.count().await as usize, h.server.hits("/ok"));
+}
+
+#[test]
+fn configuration_errors_exit_2_with_one_line_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = "[[api]]\nname = \"A\"\nurl = \"http://127.0.0.1:9/\"\n";
+    let cases: Vec<(&str, Vec<(&str, &str)>, &str, &str)> = vec![
+        ("bad port", vec![("DB_PORT", "abc")], good, "DB_PORT"),
+        ("bad url", vec![("DATABASE_URL", "mysql://x")], good, "DATABASE_URL"),
+        ("bad shard", vec![("PINGER_SHARD", "3/3")], good, "PINGER_SHARD"),
+        ("bad buffer", vec![("PINGER_BUFFER_SIZE", "-1")], good, "PINGER_BUFFER_SIZE"),
+        ("missing file", vec![("APIS_FILE", "/nonexistent/apis.toml")], good, "APIS_FILE"),
+        ("unknown key", vec![], "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\nretries = 3\n", "retries"),
+        (
+            "duplicate",
+            vec![],
+            "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\n[[api]]\nname = \"A\"\nurl = \"http://b.test/\"\n",
+            "duplicate endpoint name `A`",
+        ),
+        ("bad endpoint url", vec![], "[[api]]\nname = \"A\"\nurl = \"ftp://a.test/\"\n", "api[0] \"A\": url"),
+        ("bad timeout", vec![], "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\ntimeout = \"soon\"\n", "timeout"),
+    ];
+    for (label, env, toml, needle) in cases {
+        let path = dir.path().join("apis.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut cmd = pinger_binary();
+        cmd.current_dir(dir.path())
+            .env("APIS_FILE", &path)
+            .env("DB_PASS", "hunter2-secret")
+            .envs(env);
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{label}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{label}: one line: {stderr}"
+        );
+        assert!(stderr.contains(needle), "{label}: `{needle}` in {stderr}");
+        assert!(
+            !stderr.contains("hunter2-secret"),
+            "{label}: password leaked"
+        );
+    }
+}
+
+#[test]
+fn check_config_lists_the_endpoints_of_this_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apis.toml");
+    std::fs::write(
+        &path,
+        "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\ninterval = 5\n",
+    )
+    .unwrap();
+    let out = pinger_binary()
+        .env("APIS_FILE", &path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("A\tGET http://a.test/\tevery 5s"),
+        "{stdout}"
+    );
+}
