@@ -163,7 +163,9 @@ async fn sigterm_stops_scheduling_flushes_and_exits_zero() {
 fn configuration_errors_exit_2_with_one_line_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let good = "[[api]]\nname = \"A\"\nurl = \"http://127.0.0.1:9/\"\n";
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str, &str)> = vec![
+    // (what, environment, apis.toml, expected in the message)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         ("bad port", vec![("DB_PORT", "abc")], good, "DB_PORT"),
         ("bad url", vec![("DATABASE_URL", "mysql://x")], good, "DATABASE_URL"),
         ("bad shard", vec![("PINGER_SHARD", "3/3")], good, "PINGER_SHARD"),
