@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# Builds the three binaries once; dependencies are compiled in their own
+# layer, rebuilt only when a Cargo.toml or Cargo.lock changes.
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY crates/core/Cargo.toml crates/core/build.rs crates/core/
+COPY crates/pinger/Cargo.toml crates/pinger/
+COPY crates/detector/Cargo.toml crates/detector/
+COPY crates/alerter/Cargo.toml crates/alerter/
+COPY crates/testkit/Cargo.toml crates/testkit/
+# Stub sources: compile only the dependencies.
+RUN mkdir -p migrations crates/core/src crates/testkit/src \
+        crates/pinger/src crates/detector/src crates/alerter/src crates/pinger/benches \
+    && touch crates/core/src/lib.rs crates/testkit/src/lib.rs crates/pinger/src/lib.rs \
+    && for b in pinger detector alerter; do echo 'fn main() {}' > crates/$b/src/main.rs; done \
+    && echo 'fn main() {}' > crates/pinger/benches/load.rs \
+    && cargo build --release --locked -p pinger -p detector -p alerter \
+    && rm -rf crates/*/src
+COPY migrations migrations
+COPY crates crates
+# Make sure cargo sees the real sources as newer than the stubs.
+RUN find crates -name '*.rs' -exec touch {} + \
+    && cargo build --release --locked -p pinger -p detector -p alerter
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin apimon
+WORKDIR /app
+COPY --from=build /src/target/release/pinger /src/target/release/detector /src/target/release/alerter /usr/local/bin/
+COPY apis.toml /app/apis.toml
+USER apimon
+ENV APIS_FILE=/app/apis.toml RUST_LOG=info
+CMD ["pinger"]
