@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS api_metrics (
     response_size_bytes bigint,
     -- timeout, dns, connect, tls, http_status, body, redirect, request
     error_kind          text,
-    error_message       text
+    error_message       text,
+    -- When the row was written (the detector's lag is measured from it).
+    ingested_at         timestamptz      NOT NULL DEFAULT now()
 );
 -- The unique key doubles as the (api_name, timestamp DESC) index.
 CREATE UNIQUE INDEX IF NOT EXISTS api_metrics_api_name_timestamp_key
@@ -57,6 +59,41 @@ CREATE TABLE IF NOT EXISTS anomalies (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS anomalies_api_name_timestamp_key
     ON anomalies (api_name, "timestamp" DESC);
+
+-- The endpoints the pinger is configured with, upserted by every pinger at
+-- start: the list the detector shards and the dashboards' API variable.
+CREATE TABLE IF NOT EXISTS api_endpoints (
+    api_name        text        PRIMARY KEY,
+    url             text        NOT NULL,
+    method          text        NOT NULL,
+    interval_ms     bigint      NOT NULL,
+    timeout_ms      bigint      NOT NULL,
+    expected_status text        NOT NULL,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- One Isolation Forest per API, replaced at each retraining.
+CREATE TABLE IF NOT EXISTS models (
+    api_name      text             PRIMARY KEY,
+    version       bigint           NOT NULL,
+    trained_at    timestamptz      NOT NULL,
+    sample_count  integer          NOT NULL,
+    -- anomaly_score = score_offset - s(x)
+    score_offset  double precision NOT NULL,
+    -- Training parameters and feature standardisation, as JSON.
+    params        jsonb            NOT NULL,
+    -- The forest, serialised with postcard.
+    forest        bytea            NOT NULL
+);
+
+-- The detector's progress: every api_metrics row of an API up to and
+-- including last_timestamp has been scored. Moved in the same transaction
+-- as the anomalies it produced, so nothing is skipped or scored twice.
+CREATE TABLE IF NOT EXISTS detector_watermarks (
+    api_name       text        PRIMARY KEY,
+    last_timestamp timestamptz NOT NULL,
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
 
 DO $$
 BEGIN

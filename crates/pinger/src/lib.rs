@@ -83,6 +83,7 @@ pub async fn run(
         stats: stats.clone(),
         flush_interval: cfg.flush_interval,
         retention_days: cfg.retention_days,
+        endpoints: cfg.endpoints.clone(),
     };
     let (writer_stop_tx, writer_stop_rx) = watch::channel(false);
     let writer_task = tokio::spawn(writer.run(writer_stop_rx, cfg.shutdown_grace));

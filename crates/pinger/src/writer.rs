@@ -24,6 +24,9 @@ pub struct Writer {
     pub stats: Arc<Stats>,
     pub flush_interval: Duration,
     pub retention_days: u32,
+    /// Every configured endpoint, registered in `api_endpoints` once the
+    /// schema is ready.
+    pub endpoints: Vec<apimon_core::apis::Endpoint>,
 }
 
 struct State {
@@ -122,6 +125,7 @@ impl Writer {
     async fn try_flush(&self, st: &mut State) -> Result<(), db::DbError> {
         if st.backend.is_none() {
             let backend = db::migrate(&self.pool).await?;
+            db::endpoints::upsert(&self.pool, &self.endpoints).await?;
             if backend.is_timescale() {
                 db::apply_retention(&self.pool, &backend, self.retention_days).await?;
             }

@@ -45,6 +45,9 @@ async fn n_endpoints_for_m_rounds_give_exactly_n_times_m_rows_on_a_fixed_grid() 
         notified += n.payload().parse::<u64>().unwrap();
     }
     assert_eq!(notified, 20);
+    // Every configured endpoint is registered for the detector and dashboards.
+    let registered = apimon_core::db::endpoints::names(&h.pool).await.unwrap();
+    assert_eq!(registered, names);
 }
 
 #[tokio::test]

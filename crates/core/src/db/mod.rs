@@ -1,6 +1,7 @@
 //! Database access: the pool, the embedded migrations, and one module per
 //! table.
 
+pub mod endpoints;
 pub mod metrics;
 
 use std::fmt;
