@@ -4,6 +4,8 @@
 pub mod apis;
 pub mod config;
 pub mod db;
+pub mod features;
+pub mod model;
 pub mod shard;
 pub mod shutdown;
 pub mod telemetry;
