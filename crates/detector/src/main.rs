@@ -1,30 +1,59 @@
-//! `detector`: turns api_metrics rows into anomalies (Isolation Forest per API).
-//!
-//! For now it readies the schema (migrations), reports which backend it runs
-//! on, and waits for SIGTERM; its work arrives with its own issue.
+//! `detector`: scores each new check with its API's Isolation Forest and
+//! writes anomalies; `detector replay` streams history through the same
+//! code and prints CSV.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use apimon_core::config::CONFIG_EXIT_CODE;
 use apimon_core::{db, shutdown, telemetry, DbConfig, Env};
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use detector::config::{self, DetectorConfig};
+use detector::replay::{self, Point, ReplayOptions};
 
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "apimon detector: turns api_metrics rows into anomalies (Isolation Forest per API)"
+    about = "apimon detector: per-API Isolation Forest anomaly detection"
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Stream history through the detector and print
+    /// `timestamp,value,anomaly_score,severity` as CSV.
+    Replay {
+        /// A CSV file to replay.
+        #[arg(long, conflicts_with_all = ["api", "from", "to"])]
+        csv: Option<PathBuf>,
+        /// Name of the timestamp column of the CSV.
+        #[arg(long, default_value = "timestamp")]
+        time_col: String,
+        /// Name of the value column of the CSV.
+        #[arg(long, default_value = "value")]
+        value_col: String,
+        /// An API whose rows of api_metrics to replay.
+        #[arg(long, requires_all = ["from", "to"])]
+        api: Option<String>,
+        /// Start (RFC 3339 or YYYY-MM-DD HH:MM:SS, UTC).
+        #[arg(long)]
+        from: Option<String>,
+        /// End (exclusive).
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
 
 fn main() -> ExitCode {
-    let _cli = Cli::parse();
+    let cli = Cli::parse();
     telemetry::init();
-    let cfg = match Env::load().and_then(|env| DbConfig::from_env(&env)) {
-        Ok(cfg) => cfg,
-        Err(e) => {
-            eprintln!("detector: configuration error: {e}");
-            return ExitCode::from(CONFIG_EXIT_CODE as u8);
-        }
+    let env = match Env::load() {
+        Ok(env) => env,
+        Err(e) => return config_error(e),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -33,14 +62,119 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        tracing::info!(database = cfg.target(), "detector starting");
-        let shutdown = shutdown::signal();
-        tokio::pin!(shutdown);
-        if db::connect_and_migrate(&cfg, &mut shutdown).await.is_some() {
-            (&mut shutdown).await;
+    let result = match cli.command {
+        None => {
+            let cfg = match DetectorConfig::from_env(&env) {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            runtime.block_on(serve(cfg))
         }
-        tracing::info!("detector stopped");
-    });
-    ExitCode::SUCCESS
+        Some(Command::Replay {
+            csv,
+            time_col,
+            value_col,
+            api,
+            from,
+            to,
+        }) => {
+            let opts = match replay_options(&env) {
+                Ok(o) => o,
+                Err(e) => return config_error(e),
+            };
+            match (csv, api) {
+                (Some(path), _) => replay_csv(&path, &time_col, &value_col, &opts),
+                (None, Some(api)) => {
+                    let db = match DbConfig::from_env(&env) {
+                        Ok(c) => c,
+                        Err(e) => return config_error(e),
+                    };
+                    runtime.block_on(replay_api(&db, &api, from.as_deref(), to.as_deref(), &opts))
+                }
+                (None, None) => {
+                    eprintln!("detector replay: give --csv FILE or --api NAME --from T --to T");
+                    return ExitCode::from(CONFIG_EXIT_CODE as u8);
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("detector: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_error(e: apimon_core::ConfigError) -> ExitCode {
+    eprintln!("detector: configuration error: {e}");
+    ExitCode::from(CONFIG_EXIT_CODE as u8)
+}
+
+fn replay_options(env: &Env) -> Result<ReplayOptions, apimon_core::ConfigError> {
+    Ok(ReplayOptions {
+        params: config::model_params(env)?,
+        thresholds: config::thresholds(env)?,
+        policy: config::policy(env)?,
+    })
+}
+
+async fn serve(cfg: DetectorConfig) -> anyhow::Result<()> {
+    tracing::info!(database = cfg.db.target(), shard = %cfg.shard, "detector starting");
+    let shutdown = shutdown::signal();
+    tokio::pin!(shutdown);
+    let Some((pool, _backend)) = db::connect_and_migrate(&cfg.db, &mut shutdown).await else {
+        return Ok(());
+    };
+    detector::service::run(cfg, pool, shutdown).await?;
+    Ok(())
+}
+
+fn replay_csv(
+    path: &PathBuf,
+    time_col: &str,
+    value_col: &str,
+    opts: &ReplayOptions,
+) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let points = replay::read_csv(std::io::BufReader::new(file), time_col, value_col)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let scored = replay::replay(&points, opts);
+    replay::write_csv(std::io::stdout().lock(), &scored).context("writing CSV to stdout")?;
+    Ok(())
+}
+
+async fn replay_api(
+    db_cfg: &DbConfig,
+    api: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    opts: &ReplayOptions,
+) -> anyhow::Result<()> {
+    let parse = |label: &str, v: Option<&str>| {
+        let v = v.unwrap_or_default();
+        replay::parse_timestamp(v).with_context(|| {
+            format!("--{label}: expected RFC 3339 or YYYY-MM-DD HH:MM:SS, got `{v}`")
+        })
+    };
+    let (from, to) = (parse("from", from)?, parse("to", to)?);
+    let pool = db::connect(db_cfg).await?;
+    let rows =
+        db::metrics::series_since(&pool, api, from - chrono::Duration::microseconds(1)).await?;
+    let points: Vec<Point> = rows
+        .into_iter()
+        .take_while(|(t, _, _)| *t < to)
+        .map(|(timestamp, value, success)| Point {
+            timestamp,
+            value,
+            success,
+        })
+        .collect();
+    if points.is_empty() {
+        anyhow::bail!("no rows of `{api}` between {from} and {to}");
+    }
+    let scored = replay::replay(&points, opts);
+    replay::write_csv(std::io::stdout().lock(), &scored).context("writing CSV to stdout")?;
+    Ok(())
 }

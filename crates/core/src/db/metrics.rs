@@ -92,3 +92,103 @@ pub async fn for_api(pool: &PgPool, api_name: &str) -> Result<Vec<MetricRow>, sq
     .fetch_all(pool)
     .await
 }
+
+/// `(timestamp, response_time_ms, success)` of one API since `from`, in
+/// time order: what features are computed from.
+pub async fn series_since(
+    pool: &PgPool,
+    api_name: &str,
+    from: DateTime<Utc>,
+) -> Result<Vec<(DateTime<Utc>, Option<f64>, bool)>, sqlx::Error> {
+    sqlx::query_as(
+        r#"SELECT "timestamp", response_time_ms, success FROM api_metrics
+           WHERE api_name = $1 AND "timestamp" > $2 ORDER BY "timestamp""#,
+    )
+    .bind(api_name)
+    .bind(from)
+    .fetch_all(pool)
+    .await
+}
+
+/// Successful checks since `from`, per API of `apis` (APIs without any are
+/// left out).
+pub async fn success_counts(
+    pool: &PgPool,
+    apis: &[String],
+    from: DateTime<Utc>,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        r#"SELECT api_name, count(*) FROM api_metrics
+           WHERE api_name = ANY($1) AND "timestamp" > $2 AND success
+           GROUP BY api_name"#,
+    )
+    .bind(apis)
+    .bind(from)
+    .fetch_all(pool)
+    .await
+}
+
+/// A row as the detector reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NewRow {
+    pub timestamp: DateTime<Utc>,
+    pub api_name: String,
+    pub response_time_ms: Option<f64>,
+    pub success: bool,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+    pub ingested_at: DateTime<Utc>,
+}
+
+/// Rows after each API's watermark, by API then time, at most `limit`.
+pub async fn after_watermarks(
+    pool: &PgPool,
+    marks: &[(String, DateTime<Utc>)],
+    limit: i64,
+) -> Result<Vec<NewRow>, sqlx::Error> {
+    let names: Vec<&str> = marks.iter().map(|(a, _)| a.as_str()).collect();
+    let ts: Vec<DateTime<Utc>> = marks.iter().map(|(_, t)| *t).collect();
+    sqlx::query_as(
+        r#"SELECT m."timestamp", m.api_name, m.response_time_ms, m.success, m.error_kind,
+                  m.error_message, m.ingested_at
+           FROM UNNEST($1::text[], $2::timestamptz[]) AS w(api_name, wm)
+           CROSS JOIN LATERAL (
+               SELECT * FROM api_metrics a
+               WHERE a.api_name = w.api_name AND a."timestamp" > w.wm
+               ORDER BY a."timestamp" LIMIT $3
+           ) AS m
+           ORDER BY m.api_name, m."timestamp"
+           LIMIT $3"#,
+    )
+    .bind(&names)
+    .bind(&ts)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The last `per_api` rows at or before each API's watermark, oldest first
+/// within each API: what a restarted detector warms its state with.
+pub async fn before_watermarks(
+    pool: &PgPool,
+    marks: &[(String, DateTime<Utc>)],
+    per_api: i64,
+) -> Result<Vec<(String, DateTime<Utc>, Option<f64>, bool)>, sqlx::Error> {
+    let names: Vec<&str> = marks.iter().map(|(a, _)| a.as_str()).collect();
+    let ts: Vec<DateTime<Utc>> = marks.iter().map(|(_, t)| *t).collect();
+    sqlx::query_as(
+        r#"SELECT w.api_name, m."timestamp", m.response_time_ms, m.success
+           FROM UNNEST($1::text[], $2::timestamptz[]) AS w(api_name, wm)
+           CROSS JOIN LATERAL (
+               SELECT "timestamp", response_time_ms, success FROM api_metrics a
+               WHERE a.api_name = w.api_name AND a."timestamp" <= w.wm
+               ORDER BY a."timestamp" DESC LIMIT $3
+           ) AS m
+           ORDER BY w.api_name, m."timestamp""#,
+    )
+    .bind(&names)
+    .bind(&ts)
+    .bind(per_api)
+    .fetch_all(pool)
+    .await
+}

@@ -1,8 +1,11 @@
 //! Database access: the pool, the embedded migrations, and one module per
 //! table.
 
+pub mod anomalies;
 pub mod endpoints;
 pub mod metrics;
+pub mod models;
+pub mod watermarks;
 
 use std::fmt;
 use std::time::Duration;

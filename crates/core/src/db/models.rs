@@ -1,0 +1,130 @@
+//! The `models` table: the current Isolation Forest of each API.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::model::{Model, ModelError, ModelParams, Scaler};
+
+/// A model with its identity.
+#[derive(Debug)]
+pub struct StoredModel {
+    pub api_name: String,
+    /// Increases by one at each retraining of the API.
+    pub version: i64,
+    pub trained_at: DateTime<Utc>,
+    pub model: Model,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Params {
+    params: ModelParams,
+    scaler: Scaler,
+}
+
+/// Why a stored model could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("model of {api}: {reason}")]
+    Corrupt { api: String, reason: String },
+}
+
+/// Saves `model` as the current one of `api_name`; returns its version.
+pub async fn save(
+    pool: &PgPool,
+    api_name: &str,
+    trained_at: DateTime<Utc>,
+    model: &Model,
+) -> Result<i64, ModelSaveError> {
+    let params = serde_json::to_value(Params {
+        params: model.params.clone(),
+        scaler: model.scaler.clone(),
+    })
+    .map_err(|e| ModelSaveError::Encode(e.to_string()))?;
+    let forest = model.forest_bytes()?;
+    let version = sqlx::query_scalar(
+        r#"
+        INSERT INTO models (api_name, version, trained_at, sample_count, score_offset, params, forest)
+        VALUES ($1, 1, $2, $3, $4, $5, $6)
+        ON CONFLICT (api_name) DO UPDATE SET
+            version = models.version + 1, trained_at = EXCLUDED.trained_at,
+            sample_count = EXCLUDED.sample_count, score_offset = EXCLUDED.score_offset,
+            params = EXCLUDED.params, forest = EXCLUDED.forest
+        RETURNING version
+        "#,
+    )
+    .bind(api_name)
+    .bind(trained_at)
+    .bind(i32::try_from(model.sample_count).unwrap_or(i32::MAX))
+    .bind(model.offset)
+    .bind(params)
+    .bind(forest)
+    .fetch_one(pool)
+    .await?;
+    Ok(version)
+}
+
+/// Why a model could not be saved.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelSaveError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("cannot encode the model parameters: {0}")]
+    Encode(String),
+}
+
+type Row = (
+    String,
+    i64,
+    DateTime<Utc>,
+    i32,
+    f64,
+    serde_json::Value,
+    Vec<u8>,
+);
+
+/// Loads the stored models of `apis`. A row that cannot be decoded is
+/// returned as an error beside the others, so one bad row costs only its
+/// API a retraining.
+pub async fn load(
+    pool: &PgPool,
+    apis: &[String],
+) -> Result<Vec<Result<StoredModel, LoadError>>, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT api_name, version, trained_at, sample_count, score_offset, params, forest
+         FROM models WHERE api_name = ANY($1)",
+    )
+    .bind(apis)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(decode).collect())
+}
+
+fn decode(row: Row) -> Result<StoredModel, LoadError> {
+    let (api_name, version, trained_at, sample_count, offset, params, forest) = row;
+    let corrupt = |reason: String| LoadError::Corrupt {
+        api: api_name.clone(),
+        reason,
+    };
+    let p: Params = serde_json::from_value(params).map_err(|e| corrupt(e.to_string()))?;
+    if !offset.is_finite() {
+        return Err(corrupt("non-finite score offset".into()));
+    }
+    let model = Model::from_parts(
+        p.params,
+        p.scaler,
+        offset,
+        usize::try_from(sample_count).unwrap_or(0),
+        &forest,
+    )
+    .map_err(|e| corrupt(e.to_string()))?;
+    Ok(StoredModel {
+        api_name,
+        version,
+        trained_at,
+        model,
+    })
+}

@@ -1,0 +1,275 @@
+//! Replaying history through the online code path: the same features,
+//! cold start and retraining cadence as the streaming detector, with time
+//! taken from the data. This is how users tune thresholds on their own
+//! history and how accuracy is measured.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use apimon_core::features::N_FEATURES;
+use apimon_core::model::{Model, ModelParams, Severity, Thresholds};
+use chrono::{DateTime, NaiveDateTime, Utc};
+
+use crate::config::TrainingPolicy;
+use crate::engine::{ActiveModel, ApiDetector};
+
+/// One observation of a series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub timestamp: DateTime<Utc>,
+    /// `None` (or a failed check) when there was no usable value.
+    pub value: Option<f64>,
+    pub success: bool,
+}
+
+/// One output row: `timestamp,value,anomaly_score,severity`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub timestamp: DateTime<Utc>,
+    pub value: Option<f64>,
+    /// `None` before the first model (successes only).
+    pub score: Option<f64>,
+    pub severity: Option<Severity>,
+}
+
+/// Settings of a replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    pub params: ModelParams,
+    pub thresholds: Thresholds,
+    pub policy: TrainingPolicy,
+}
+
+/// Streams `points` (in time order) through the detector. Points that are
+/// not after the previous one (duplicates, a clock going back) are passed
+/// through unscored, so the output has one row per input row.
+pub fn replay(points: &[Point], opts: &ReplayOptions) -> Vec<Scored> {
+    let mut det = ApiDetector::default();
+    let mut history: VecDeque<(DateTime<Utc>, [f64; N_FEATURES])> = VecDeque::new();
+    let window = chrono::Duration::from_std(opts.policy.window).unwrap_or(chrono::Duration::MAX);
+    let mut version = 0;
+    let mut out = Vec::with_capacity(points.len());
+    for p in points {
+        let Some(v) = det.observe(p.timestamp, p.value, p.success, &opts.thresholds) else {
+            out.push(Scored {
+                timestamp: p.timestamp,
+                value: p.value,
+                score: None,
+                severity: None,
+            });
+            continue;
+        };
+        out.push(Scored {
+            timestamp: p.timestamp,
+            value: p.value,
+            score: v.score,
+            severity: v.severity,
+        });
+        if let Some(f) = v.features {
+            history.push_back((p.timestamp, f.to_array()));
+        }
+        while history
+            .front()
+            .is_some_and(|(t, _)| p.timestamp.signed_duration_since(*t) > window)
+        {
+            history.pop_front();
+        }
+        let trained_at = det.model.as_ref().map(|m| m.trained_at);
+        if opts.policy.due(trained_at, p.timestamp, history.len()) {
+            let rows: Vec<[f64; N_FEATURES]> = history.iter().map(|(_, f)| *f).collect();
+            match Model::train(&rows, &opts.params) {
+                Ok(model) => {
+                    version += 1;
+                    det.model = Some(ActiveModel {
+                        model: Arc::new(model),
+                        version,
+                        trained_at: p.timestamp,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "replay: training failed; keeping the previous model")
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Why a CSV could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CsvError {
+    #[error("reading CSV: {0}")]
+    Csv(#[from] csv::Error),
+    #[error("column `{0}` not found in the header")]
+    MissingColumn(String),
+    #[error(
+        "row {row}: cannot parse timestamp `{value}` (expected RFC 3339 or YYYY-MM-DD HH:MM:SS)"
+    )]
+    Timestamp { row: usize, value: String },
+}
+
+/// Reads `timestamp,value` rows from CSV. An empty, non-numeric, NaN or
+/// infinite value becomes a failed observation (kept, not dropped).
+pub fn read_csv(input: impl Read, time_col: &str, value_col: &str) -> Result<Vec<Point>, CsvError> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(input);
+    let headers = rdr.headers()?.clone();
+    let find = |c: &str| {
+        headers
+            .iter()
+            .position(|h| h == c)
+            .ok_or_else(|| CsvError::MissingColumn(c.to_string()))
+    };
+    let (ti, vi) = (find(time_col)?, find(value_col)?);
+    let mut points = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let rec = rec?;
+        let raw_t = rec.get(ti).unwrap_or("");
+        let timestamp = parse_timestamp(raw_t).ok_or_else(|| CsvError::Timestamp {
+            row: i + 2,
+            value: raw_t.to_string(),
+        })?;
+        let value = rec
+            .get(vi)
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite());
+        points.push(Point {
+            timestamp,
+            value,
+            success: value.is_some(),
+        });
+    }
+    Ok(points)
+}
+
+/// RFC 3339, or `YYYY-MM-DD HH:MM:SS[.f]` / `YYYY-MM-DDTHH:MM:SS` taken as UTC.
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    .map(|n| n.and_utc())
+}
+
+/// Writes `timestamp,value,anomaly_score,severity`.
+pub fn write_csv(out: impl Write, rows: &[Scored]) -> Result<(), csv::Error> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record(["timestamp", "value", "anomaly_score", "severity"])?;
+    for r in rows {
+        w.write_record([
+            r.timestamp
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            r.value.map(|v| v.to_string()).unwrap_or_default(),
+            r.score.map(|s| format!("{s:.6}")).unwrap_or_default(),
+            r.severity
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone};
+
+    fn series(n: i64, spike_at: i64) -> Vec<Point> {
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap();
+        let mut x: u64 = 0x2545F4914F6CDD1D;
+        (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = (x % 100_000) as f64 / 100_000.0;
+                let v = if i == spike_at {
+                    2000.0
+                } else {
+                    100.0 + 20.0 * -(1.0 - u).ln()
+                };
+                Point {
+                    timestamp: t0 + Duration::seconds(15 * i),
+                    value: Some(v),
+                    success: true,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replay_has_a_cold_start_then_flags_the_planted_spike_lowest() {
+        let pts = series(1500, 1200);
+        let out = replay(&pts, &ReplayOptions::default());
+        assert_eq!(out.len(), pts.len());
+        // Cold start: no score before MIN_TRAINING_SAMPLES (120) successes.
+        assert!(out[..119].iter().all(|r| r.score.is_none()));
+        assert!(out[120].score.is_some());
+        let spike = &out[1200];
+        assert_eq!(
+            spike.severity,
+            Some(Severity::Critical),
+            "{:?}",
+            spike.score
+        );
+        let lowest = out
+            .iter()
+            .filter_map(|r| r.score)
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(spike.score, Some(lowest), "the spike ranks lowest");
+    }
+
+    #[test]
+    fn gaps_in_the_values_are_failures_not_lost_rows() {
+        let csv = "timestamp,value\n2026-01-01 00:00:00,1\n2026-01-01 00:05:00,\n2026-01-01 00:10:00,NaN\n2026-01-01 00:15:00,3\n";
+        let pts = read_csv(csv.as_bytes(), "timestamp", "value").unwrap();
+        assert_eq!(pts.len(), 4);
+        assert!(!pts[1].success && !pts[2].success);
+        let out = replay(&pts, &ReplayOptions::default());
+        assert_eq!(
+            out[2].severity,
+            Some(Severity::Critical),
+            "2nd failure in a row"
+        );
+        let mut buf = Vec::new();
+        write_csv(&mut buf, &out).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(
+            text.starts_with("timestamp,value,anomaly_score,severity\n2026-01-01T00:00:00Z,1,,\n"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 5);
+    }
+
+    #[test]
+    fn bad_csv_input_names_the_problem() {
+        let err = read_csv("time,v\n".as_bytes(), "timestamp", "value").unwrap_err();
+        assert!(err.to_string().contains("`timestamp`"), "{err}");
+        let err = read_csv(
+            "timestamp,value\nyesterday,1\n".as_bytes(),
+            "timestamp",
+            "value",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("row 2"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_timestamps_are_passed_through_unscored() {
+        let mut pts = series(200, -1);
+        pts.insert(150, pts[149].clone());
+        let out = replay(&pts, &ReplayOptions::default());
+        assert_eq!(out.len(), 201);
+        assert!(out[150].score.is_none());
+        assert!(out[151].score.is_some());
+    }
+}

@@ -1,0 +1,342 @@
+//! The streaming detector: LISTEN for the pinger's batches, score the rows
+//! after each API's watermark, write anomalies and move the watermarks in
+//! one transaction, NOTIFY the alerter.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use apimon_core::db::{self, anomalies::AnomalyRow, metrics::NewRow};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::DetectorConfig;
+use crate::engine::{ActiveModel, ApiDetector};
+use crate::trainer::Trainer;
+
+/// How often the list of APIs is re-read from `api_endpoints`.
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// Rows read back per API to warm the rolling state after a restart.
+const WARM_ROWS: i64 = 120;
+
+/// Totals of a run, returned when it ends.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DetectorOutcome {
+    pub scored: u64,
+    pub anomalies: u64,
+}
+
+/// The scoring side: rolling state and models of the owned APIs.
+pub struct Scorer {
+    pool: PgPool,
+    cfg: DetectorConfig,
+    apis: HashMap<String, ApiDetector>,
+    /// Last scored timestamp per API (mirrors `detector_watermarks`).
+    marks: HashMap<String, DateTime<Utc>>,
+    owned_tx: watch::Sender<Vec<String>>,
+    lag_ms: Vec<f64>,
+    outcome: DetectorOutcome,
+}
+
+/// Runs the detector until `shutdown` completes.
+pub async fn run(
+    cfg: DetectorConfig,
+    pool: PgPool,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<DetectorOutcome> {
+    tokio::pin!(shutdown);
+    let (owned_tx, owned_rx) = watch::channel(Vec::new());
+    let mut scorer = Scorer {
+        pool: pool.clone(),
+        cfg: cfg.clone(),
+        apis: HashMap::new(),
+        marks: HashMap::new(),
+        owned_tx,
+        lag_ms: Vec::new(),
+        outcome: DetectorOutcome::default(),
+    };
+    // Start-up: APIs, watermarks, stored models, warm state. Retried while
+    // the database is unreachable.
+    let trained_at = loop {
+        match scorer.start().await {
+            Ok(t) => break t,
+            Err(e) => {
+                tracing::warn!(error.message = %e, error.cause_chain = ?e, "start-up failed; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(scorer.outcome),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
+    let (model_tx, mut model_rx) = mpsc::channel(1024);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let trainer = Trainer {
+        pool: pool.clone(),
+        cfg: cfg.clone(),
+        owned: owned_rx,
+        trained_at,
+        out: model_tx,
+    };
+    let trainer_task = tokio::spawn(trainer.run(stop_rx));
+
+    let mut listener = listen(&pool).await;
+    let mut poll = tokio::time::interval(cfg.poll_interval);
+    let mut refresh =
+        tokio::time::interval_at(tokio::time::Instant::now() + REFRESH_EVERY, REFRESH_EVERY);
+    let mut summary = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(60),
+    );
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            n = recv(&mut listener) => {
+                if n.is_err() {
+                    // Lost the listening connection: reconnect, poll meanwhile.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    listener = listen(&pool).await;
+                }
+            }
+            _ = poll.tick() => {}
+            Some((api, model)) = model_rx.recv() => scorer.set_model(&api, model),
+            _ = refresh.tick() => {
+                if let Err(e) = scorer.refresh_apis().await {
+                    tracing::warn!(error.message = %e, "cannot refresh the list of APIs");
+                }
+            }
+            _ = summary.tick() => scorer.log_summary(),
+        }
+        while let Ok((api, model)) = model_rx.try_recv() {
+            scorer.set_model(&api, model);
+        }
+        match scorer.pass_until_caught_up().await {
+            Ok(()) => backoff = Duration::from_millis(250),
+            Err(e) => {
+                tracing::warn!(error.message = %e, error.cause_chain = ?e, "scoring pass failed; will retry");
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(cfg.shutdown_grace, trainer_task).await;
+    scorer.log_summary();
+    tracing::info!(outcome = ?scorer.outcome, "detector stopped");
+    Ok(scorer.outcome)
+}
+
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let mut l = PgListener::connect_with(pool).await.ok()?;
+    l.listen(db::METRICS_CHANNEL).await.ok()?;
+    Some(l)
+}
+
+/// Waits for a notification; pending forever without a listener (the poll
+/// covers it); `Err` when the connection broke.
+async fn recv(listener: &mut Option<PgListener>) -> Result<(), ()> {
+    match listener {
+        Some(l) => match l.try_recv().await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) | Err(_) => Err(()),
+        },
+        None => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Err(())
+        }
+    }
+}
+
+impl Scorer {
+    /// Loads APIs, watermarks and models, and warms each API's state.
+    /// Returns the training times of the loaded models.
+    async fn start(&mut self) -> anyhow::Result<HashMap<String, DateTime<Utc>>> {
+        self.apis.clear();
+        self.marks.clear();
+        self.refresh_apis().await?;
+        let owned: Vec<String> = self.apis.keys().cloned().collect();
+        let mut trained_at = HashMap::new();
+        for loaded in db::models::load(&self.pool, &owned).await? {
+            match loaded {
+                Ok(m) => {
+                    trained_at.insert(m.api_name.clone(), m.trained_at);
+                    tracing::info!(api = %m.api_name, version = m.version, "loaded stored model");
+                    self.set_model(
+                        &m.api_name,
+                        ActiveModel {
+                            model: std::sync::Arc::new(m.model),
+                            version: m.version,
+                            trained_at: m.trained_at,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a stored model; the API will be retrained")
+                }
+            }
+        }
+        Ok(trained_at)
+    }
+
+    /// Re-reads `api_endpoints`, adds the new APIs of this shard (with
+    /// their watermark and warm state) and drops the ones gone.
+    async fn refresh_apis(&mut self) -> anyhow::Result<()> {
+        let names = db::endpoints::names(&self.pool).await?;
+        let owned: Vec<String> = names
+            .into_iter()
+            .filter(|n| self.cfg.shard.owns(n))
+            .collect();
+        let new: Vec<String> = owned
+            .iter()
+            .filter(|n| !self.apis.contains_key(*n))
+            .cloned()
+            .collect();
+        self.apis.retain(|k, _| owned.contains(k));
+        if !new.is_empty() {
+            let stored: HashMap<String, DateTime<Utc>> =
+                db::watermarks::all(&self.pool).await?.into_iter().collect();
+            let start = Utc::now()
+                - chrono::Duration::from_std(self.cfg.backfill)
+                    .unwrap_or(chrono::Duration::hours(1));
+            let mut marks = Vec::with_capacity(new.len());
+            for api in &new {
+                let mark = stored.get(api).copied().unwrap_or(start);
+                marks.push((api.clone(), mark));
+            }
+            let mut fresh: HashMap<String, ApiDetector> = new
+                .iter()
+                .map(|a| (a.clone(), ApiDetector::default()))
+                .collect();
+            for (api, ts, rt, ok) in
+                db::metrics::before_watermarks(&self.pool, &marks, WARM_ROWS).await?
+            {
+                if let Some(d) = fresh.get_mut(&api) {
+                    d.warm(ts, rt, ok);
+                }
+            }
+            for (api, mark) in marks {
+                if let Some(d) = fresh.get_mut(&api) {
+                    d.last_timestamp = Some(mark.max(d.last_timestamp.unwrap_or(mark)));
+                }
+                self.marks.insert(api, mark);
+            }
+            tracing::info!(new = new.len(), owned = owned.len(), shard = %self.cfg.shard, "APIs to score");
+            self.apis.extend(fresh);
+        }
+        self.marks.retain(|k, _| owned.contains(k));
+        let _ = self.owned_tx.send(owned);
+        Ok(())
+    }
+
+    fn set_model(&mut self, api: &str, model: ActiveModel) {
+        if let Some(d) = self.apis.get_mut(api) {
+            d.model = Some(model);
+        }
+    }
+
+    async fn pass_until_caught_up(&mut self) -> anyhow::Result<()> {
+        while self.pass().await? >= self.cfg.batch_limit as usize {}
+        Ok(())
+    }
+
+    /// Scores every row after the watermarks (up to the batch limit) and
+    /// commits the anomalies and the new watermarks together. Returns the
+    /// number of rows read.
+    #[tracing::instrument(skip_all)]
+    pub async fn pass(&mut self) -> anyhow::Result<usize> {
+        if self.marks.is_empty() {
+            return Ok(0);
+        }
+        let marks: Vec<(String, DateTime<Utc>)> =
+            self.marks.iter().map(|(a, t)| (a.clone(), *t)).collect();
+        let rows = db::metrics::after_watermarks(&self.pool, &marks, self.cfg.batch_limit).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let n = rows.len();
+        // Work on copies: if the commit fails, the state stays as it was.
+        let mut touched: HashMap<String, ApiDetector> = HashMap::new();
+        let mut new_marks: HashMap<String, DateTime<Utc>> = HashMap::new();
+        let mut anomalies: Vec<AnomalyRow> = Vec::new();
+        for row in &rows {
+            let Some(base) = self.apis.get(&row.api_name) else {
+                continue;
+            };
+            let det = touched
+                .entry(row.api_name.clone())
+                .or_insert_with(|| base.clone());
+            new_marks.insert(row.api_name.clone(), row.timestamp);
+            match det.observe(
+                row.timestamp,
+                row.response_time_ms,
+                row.success,
+                &self.cfg.thresholds,
+            ) {
+                Some(v) => {
+                    if let Some(a) = v.anomaly(&row.api_name, error_text(row).as_deref()) {
+                        anomalies.push(a);
+                    }
+                }
+                None => tracing::warn!(
+                    api = %row.api_name,
+                    timestamp = %row.timestamp,
+                    "observation not after the previous one (duplicate or clock went back); skipped"
+                ),
+            }
+        }
+        let marks: Vec<(String, DateTime<Utc>)> = new_marks.into_iter().collect();
+        let mut tx = self.pool.begin().await?;
+        let inserted = db::anomalies::insert(&mut tx, &anomalies).await?;
+        db::watermarks::set(&mut tx, &marks).await?;
+        tx.commit().await?;
+        let committed = Utc::now();
+        for r in &rows {
+            let lag = (committed - r.ingested_at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+            self.lag_ms.push(lag.max(0.0));
+        }
+        for (api, mark) in marks {
+            self.marks.insert(api, mark);
+        }
+        self.apis.extend(touched);
+        self.outcome.scored += n as u64;
+        self.outcome.anomalies += inserted;
+        for a in anomalies.iter().filter(|a| a.severity == "critical") {
+            tracing::warn!(api = %a.api_name, score = a.anomaly_score, details = %a.details, "critical anomaly");
+        }
+        Ok(n)
+    }
+
+    fn log_summary(&mut self) {
+        let mut lag = std::mem::take(&mut self.lag_ms);
+        if lag.is_empty() {
+            return;
+        }
+        let p50 = apimon_core::model::quantile(&mut lag, 0.5);
+        let p99 = apimon_core::model::quantile(&mut lag, 0.99);
+        let max = lag.last().copied().unwrap_or(0.0);
+        tracing::info!(
+            rows = lag.len(),
+            scored_total = self.outcome.scored,
+            anomalies_total = self.outcome.anomalies,
+            lag_p50_ms = format_args!("{p50:.1}"),
+            lag_p99_ms = format_args!("{p99:.1}"),
+            lag_max_ms = format_args!("{max:.1}"),
+            "detector summary"
+        );
+    }
+}
+
+fn error_text(row: &NewRow) -> Option<String> {
+    match (&row.error_kind, &row.error_message) {
+        (Some(k), Some(m)) => Some(format!("{k}: {m}")),
+        (Some(k), None) => Some(k.clone()),
+        (None, Some(m)) => Some(m.clone()),
+        (None, None) => None,
+    }
+}
