@@ -1,0 +1,305 @@
+//! The streaming detector against a real PostgreSQL: scoring, restart
+//! without gap or duplicate, model persistence, sharding.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use apimon_core::db::{self, metrics::MetricRow};
+use apimon_core::{DbConfig, Env};
+use chrono::{DateTime, SubsecRound, Utc};
+use detector::config::DetectorConfig;
+use detector::service::DetectorOutcome;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+
+struct Db {
+    url: String,
+    pool: PgPool,
+}
+
+async fn database() -> Db {
+    let t = apimon_testkit::fresh_database().await;
+    let pool = db::connect(&DbConfig::from_url(&t.url).unwrap())
+        .await
+        .unwrap();
+    db::migrate(&pool).await.unwrap();
+    Db { url: t.url, pool }
+}
+
+fn config(url: &str, extra: &[(&str, &str)]) -> DetectorConfig {
+    let mut env = vec![
+        ("DATABASE_URL", url),
+        ("MIN_TRAINING_SAMPLES", "100"),
+        ("DETECTOR_POLL_INTERVAL", "200ms"),
+        ("DETECTOR_BACKFILL", "30d"),
+    ];
+    env.extend_from_slice(extra);
+    DetectorConfig::from_env(&Env::from_pairs(env)).unwrap()
+}
+
+async fn register(pool: &PgPool, names: &[&str]) {
+    let toml: String = names
+        .iter()
+        .map(|n| format!("[[api]]\nname = \"{n}\"\nurl = \"http://{n}.test/\"\n"))
+        .collect();
+    let eps = apimon_core::apis::parse(&toml, "test", &Env::default()).unwrap();
+    db::endpoints::upsert(pool, &eps).await.unwrap();
+}
+
+fn row(api: &str, ts: DateTime<Utc>, rt: Option<f64>) -> MetricRow {
+    MetricRow {
+        timestamp: ts.trunc_subsecs(6),
+        api_name: api.into(),
+        url: format!("http://{api}.test/"),
+        response_time_ms: rt,
+        status_code: rt.map(|_| 200),
+        success: rt.is_some(),
+        response_size_bytes: rt.map(|_| 10),
+        error_kind: rt.is_none().then(|| "timeout".into()),
+        error_message: rt.is_none().then(|| "operation timed out".into()),
+    }
+}
+
+/// `n` healthy checks of `api`, 15 s apart, ending a minute ago.
+fn history(api: &str, n: i64, seed: u64) -> Vec<MetricRow> {
+    let end = Utc::now() - chrono::Duration::minutes(1);
+    let mut x = seed.max(1);
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let u = (x % 100_000) as f64 / 100_000.0;
+            let ts = end - chrono::Duration::seconds(15 * (n - 1 - i));
+            row(api, ts, Some(100.0 + 20.0 * -(1.0 - u).ln()))
+        })
+        .collect()
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<DetectorOutcome>>,
+}
+
+fn start(cfg: DetectorConfig, url: &str) -> Running {
+    let pool = db::lazy_pool(&DbConfig::from_url(url).unwrap());
+    let (stop, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(detector::service::run(cfg, pool, async {
+        let _ = rx.await;
+    }));
+    Running { stop, task }
+}
+
+impl Running {
+    async fn stop(self) -> DetectorOutcome {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap()
+    }
+}
+
+async fn wait_for<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn scalar(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+async fn watermark(pool: &PgPool, api: &str) -> Option<DateTime<Utc>> {
+    sqlx::query_scalar("SELECT last_timestamp FROM detector_watermarks WHERE api_name = $1")
+        .bind(api)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_slow_check_and_a_down_api_become_critical_anomalies_within_seconds() {
+    let d = database().await;
+    register(&d.pool, &["api"]).await;
+    let hist = history("api", 300, 42);
+    db::metrics::insert_batch(&d.pool, &hist).await.unwrap();
+    let run = start(config(&d.url, &[]), &d.url);
+    wait_for("a first model", || async {
+        scalar(&d.pool, "SELECT count(*) FROM models").await == 1
+    })
+    .await;
+    let last = hist.last().unwrap().timestamp;
+    wait_for("the history to be scored", || async {
+        watermark(&d.pool, "api").await == Some(last)
+    })
+    .await;
+
+    let mut listener = sqlx::postgres::PgListener::connect_with(&d.pool)
+        .await
+        .unwrap();
+    listener.listen(db::ANOMALIES_CHANNEL).await.unwrap();
+    let now = Utc::now();
+    db::metrics::insert_batch(&d.pool, &[row("api", now, Some(1000.0))])
+        .await
+        .unwrap();
+    let note = tokio::time::timeout(Duration::from_secs(10), listener.recv()).await;
+    assert!(note.is_ok(), "the alerter's channel is notified");
+    let slow = db::anomalies::for_api(&d.pool, "api").await.unwrap();
+    let slow = slow
+        .iter()
+        .find(|a| a.timestamp == now.trunc_subsecs(6))
+        .expect("an anomaly for the slow check");
+    assert_eq!(slow.severity, "critical", "score {}", slow.anomaly_score);
+    assert_eq!(slow.model_version, Some(1));
+    assert_eq!(slow.features.as_ref().unwrap()["rt"], 1000.0);
+
+    // The API stops answering: the second failure in a row is critical.
+    let t1 = now + chrono::Duration::seconds(15);
+    let t2 = now + chrono::Duration::seconds(30);
+    db::metrics::insert_batch(&d.pool, &[row("api", t1, None)])
+        .await
+        .unwrap();
+    db::metrics::insert_batch(&d.pool, &[row("api", t2, None)])
+        .await
+        .unwrap();
+    wait_for("the failures to be scored", || async {
+        watermark(&d.pool, "api").await == Some(t2.trunc_subsecs(6))
+    })
+    .await;
+    let all = db::anomalies::for_api(&d.pool, "api").await.unwrap();
+    let down = all
+        .iter()
+        .find(|a| a.timestamp == t2.trunc_subsecs(6))
+        .unwrap();
+    assert_eq!(down.severity, "critical");
+    assert!(
+        down.details
+            .contains("2 consecutive failed checks: timeout"),
+        "{}",
+        down.details
+    );
+    // Detection lag: from the metric's commit to the anomaly's, well under 1 s.
+    let lag_ms: f64 = sqlx::query_scalar(
+        "SELECT max(extract(epoch FROM a.detected_at - m.ingested_at) * 1000)::float8
+         FROM anomalies a JOIN api_metrics m USING (api_name, \"timestamp\") WHERE a.\"timestamp\" >= $1",
+    )
+    .bind(now.trunc_subsecs(6))
+    .fetch_one(&d.pool)
+    .await
+    .unwrap();
+    assert!(lag_ms < 1000.0, "lag {lag_ms} ms");
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_the_watermark_with_the_stored_model() {
+    let d = database().await;
+    register(&d.pool, &["api"]).await;
+    let hist = history("api", 200, 7);
+    db::metrics::insert_batch(&d.pool, &hist).await.unwrap();
+    let run = start(config(&d.url, &[]), &d.url);
+    let last = hist.last().unwrap().timestamp;
+    wait_for("model and watermark", || async {
+        watermark(&d.pool, "api").await == Some(last)
+            && scalar(&d.pool, "SELECT count(*) FROM models").await == 1
+    })
+    .await;
+    let first = run.stop().await;
+
+    // While the detector is down: 5 failures, then a very slow check.
+    let base = Utc::now();
+    let mut rows: Vec<MetricRow> = (1..=5)
+        .map(|i| row("api", base + chrono::Duration::seconds(15 * i), None))
+        .collect();
+    rows.push(row(
+        "api",
+        base + chrono::Duration::seconds(90),
+        Some(5000.0),
+    ));
+    db::metrics::insert_batch(&d.pool, &rows).await.unwrap();
+    let before = scalar(&d.pool, "SELECT count(*) FROM anomalies").await;
+
+    let run = start(config(&d.url, &[]), &d.url);
+    let end = rows.last().unwrap().timestamp;
+    wait_for("the rows written while down", || async {
+        watermark(&d.pool, "api").await == Some(end)
+    })
+    .await;
+    let second = run.stop().await;
+
+    // Every row scored exactly once across the two runs.
+    assert_eq!(first.scored + second.scored, 206, "{first:?} {second:?}");
+    assert_eq!(second.scored, 6);
+    let after = scalar(&d.pool, "SELECT count(*) FROM anomalies").await;
+    assert_eq!(after - before, 6, "5 failures and the slow check");
+    let all = db::anomalies::for_api(&d.pool, "api").await.unwrap();
+    // The 5th failure continues the count from before the restart.
+    let fifth = all
+        .iter()
+        .find(|a| a.timestamp == rows[4].timestamp)
+        .unwrap();
+    assert!(
+        fifth.details.starts_with("5 consecutive"),
+        "{}",
+        fifth.details
+    );
+    // The slow check was scored at once with the stored model (version 1).
+    let slow = all.iter().find(|a| a.timestamp == end).unwrap();
+    assert_eq!(slow.model_version, Some(1));
+    assert_eq!(scalar(&d.pool, "SELECT max(version) FROM models").await, 1);
+}
+
+#[tokio::test]
+async fn shards_split_the_apis_and_score_each_row_once() {
+    let d = database().await;
+    let names: Vec<String> = (0..10).map(|i| format!("svc-{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    register(&d.pool, &refs).await;
+    let base = Utc::now() - chrono::Duration::minutes(10);
+    let rows: Vec<MetricRow> = names
+        .iter()
+        .flat_map(|n| (0..3).map(move |i| row(n, base + chrono::Duration::seconds(15 * i), None)))
+        .collect();
+    db::metrics::insert_batch(&d.pool, &rows).await.unwrap();
+    let a = start(config(&d.url, &[("DETECTOR_SHARD", "0/2")]), &d.url);
+    let b = start(config(&d.url, &[("DETECTOR_SHARD", "1/2")]), &d.url);
+    wait_for("all watermarks", || async {
+        scalar(&d.pool, "SELECT count(*) FROM detector_watermarks").await == 10
+            && scalar(&d.pool, "SELECT count(*) FROM anomalies").await == 30
+    })
+    .await;
+    let (oa, ob) = (a.stop().await, b.stop().await);
+    assert!(oa.scored > 0 && ob.scored > 0, "{oa:?} {ob:?}");
+    assert_eq!(oa.scored + ob.scored, 30);
+    assert_eq!(oa.anomalies + ob.anomalies, 30);
+}
+
+#[tokio::test]
+async fn an_unreadable_stored_model_is_logged_and_retrained() {
+    let d = database().await;
+    register(&d.pool, &["api"]).await;
+    db::metrics::insert_batch(&d.pool, &history("api", 150, 3))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO models (api_name, version, trained_at, sample_count, score_offset, params, forest)
+         VALUES ('api', 7, now(), 10, 0.5, '{}'::jsonb, '\\x00'::bytea)",
+    )
+    .execute(&d.pool)
+    .await
+    .unwrap();
+    let run = start(config(&d.url, &[]), &d.url);
+    wait_for("a retrained model", || async {
+        scalar(&d.pool, "SELECT version FROM models").await == 8
+    })
+    .await;
+    run.stop().await;
+}
