@@ -5,6 +5,7 @@ pub mod anomalies;
 pub mod endpoints;
 pub mod metrics;
 pub mod models;
+pub mod notifications;
 pub mod watermarks;
 
 use std::fmt;

@@ -1,0 +1,251 @@
+//! Status reports: every `ALERT_CHECK_INTERVAL`, a digest of the period:
+//! which APIs were slow and which were down, then one row per API.
+//!
+//! An API is **down** over a period when it had checks and none succeeded,
+//! or when it is in an open outage (a down alert without recovery). It is
+//! **slow** when the p95 of its successful checks in the period is above
+//! its baseline p95 times `SLOW_FACTOR`, or above `SLOW_THRESHOLD_MS` when
+//! that is set. **No data**: no check in the period.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::baseline::Baselines;
+use crate::compose::{self, Baseline, Report, ReportRow, Status};
+use crate::config::AlerterConfig;
+use crate::outbox;
+
+/// A period's data must be in before its report is written: the pinger
+/// flushes within a second, the detector follows within another.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
+/// End of the last period that closed at least [`SETTLE`] before `now`;
+/// periods are aligned on multiples of `interval` since the epoch.
+pub fn last_period_end(now: DateTime<Utc>, interval: Duration) -> DateTime<Utc> {
+    let step = interval.as_millis().max(1) as i64;
+    let t = (now - chrono::Duration::from_std(SETTLE).unwrap_or_default()).timestamp_millis();
+    let end = t.div_euclid(step) * step;
+    DateTime::from_timestamp_millis(end).unwrap_or(now)
+}
+
+/// The status of one API from its period figures.
+pub fn classify(
+    checks: i64,
+    successes: i64,
+    p95_ms: Option<f64>,
+    baseline: Option<Baseline>,
+    open_outage: bool,
+    slow_factor: f64,
+    slow_threshold_ms: Option<f64>,
+) -> Status {
+    if open_outage || (checks > 0 && successes == 0) {
+        return Status::Down;
+    }
+    if checks == 0 {
+        return Status::NoData;
+    }
+    let slow_vs_baseline =
+        matches!((p95_ms, baseline), (Some(p), Some(b)) if p > b.p95_ms * slow_factor);
+    let slow_vs_threshold = matches!((p95_ms, slow_threshold_ms), (Some(p), Some(t)) if p > t);
+    if slow_vs_baseline || slow_vs_threshold {
+        Status::Slow
+    } else {
+        Status::Healthy
+    }
+}
+
+type Stats = (
+    String,
+    i64,
+    i64,
+    Option<f64>,
+    Option<f64>,
+    Option<DateTime<Utc>>,
+    Option<i32>,
+);
+
+/// Computes the report of `[start, end)`.
+pub async fn build(
+    pool: &PgPool,
+    cfg: &AlerterConfig,
+    baselines: &mut Baselines,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Report, sqlx::Error> {
+    let stats: Vec<Stats> = sqlx::query_as(
+        r#"SELECT e.api_name,
+                  count(m.success) AS checks,
+                  count(*) FILTER (WHERE m.success) AS ok,
+                  avg(m.response_time_ms) FILTER (WHERE m.success),
+                  percentile_cont(0.95) WITHIN GROUP (ORDER BY m.response_time_ms)
+                      FILTER (WHERE m.success),
+                  s.down_since, s.suppressed
+           FROM api_endpoints e
+           LEFT JOIN api_metrics m
+                  ON m.api_name = e.api_name AND m."timestamp" >= $1 AND m."timestamp" < $2
+           LEFT JOIN alert_state s ON s.api_name = e.api_name
+           GROUP BY e.api_name, s.down_since, s.suppressed
+           ORDER BY e.api_name"#,
+    )
+    .bind(start)
+    .bind(end)
+    .fetch_all(pool)
+    .await?;
+    let counts: Vec<(String, String, i64)> = sqlx::query_as(
+        r#"SELECT api_name, severity, count(*) FROM anomalies
+           WHERE "timestamp" >= $1 AND "timestamp" < $2 GROUP BY 1, 2"#,
+    )
+    .bind(start)
+    .bind(end)
+    .fetch_all(pool)
+    .await?;
+    let mut sev: HashMap<(String, String), i64> = HashMap::new();
+    for (a, s, n) in counts {
+        sev.insert((a, s), n);
+    }
+    let base = baselines.all(pool).await?;
+    let get = |a: &str, s: &str| {
+        sev.get(&(a.to_string(), s.to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    let rows = stats
+        .into_iter()
+        .map(|(api, checks, ok, mean, p95, down_since, suppressed)| {
+            let baseline = base.get(&api).copied();
+            ReportRow {
+                status: classify(
+                    checks,
+                    ok,
+                    p95,
+                    baseline,
+                    down_since.is_some(),
+                    cfg.slow_factor,
+                    cfg.slow_threshold_ms,
+                ),
+                critical: get(&api, "critical"),
+                high: get(&api, "high"),
+                medium: get(&api, "medium"),
+                suppressed: i64::from(suppressed.unwrap_or(0)),
+                api_name: api,
+                checks,
+                successes: ok,
+                mean_ms: mean,
+                p95_ms: p95,
+                baseline,
+            }
+        })
+        .collect();
+    Ok(Report { start, end, rows })
+}
+
+/// Writes the report of the last closed period unless some alerter has.
+/// Returns whether this call wrote it.
+#[tracing::instrument(skip_all)]
+pub async fn maybe_report(
+    pool: &PgPool,
+    cfg: &AlerterConfig,
+    baselines: &mut Baselines,
+    now: DateTime<Utc>,
+) -> anyhow::Result<bool> {
+    let end = last_period_end(now, cfg.report_interval);
+    let start = end
+        - chrono::Duration::from_std(cfg.report_interval).unwrap_or(chrono::Duration::minutes(5));
+    let done: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM status_reports WHERE period_end = $1)")
+            .bind(end)
+            .fetch_one(pool)
+            .await?;
+    if done {
+        return Ok(false);
+    }
+    let report = build(pool, cfg, baselines, start, end).await?;
+    let mut tx = pool.begin().await?;
+    let claimed = sqlx::query(
+        "INSERT INTO status_reports (period_end, period_start) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(end)
+    .bind(start)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !claimed {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    if report.rows.is_empty() {
+        tx.commit().await?;
+        return Ok(false);
+    }
+    if report.all_healthy() && !cfg.report_when_healthy {
+        tx.commit().await?;
+        tracing::info!(
+            apis = report.rows.len(),
+            "all APIs healthy; no report sent (STATUS_REPORT_WHEN_HEALTHY=false)"
+        );
+        return Ok(true);
+    }
+    let msg = compose::report(&report, &cfg.dashboard_url);
+    outbox::queue(&mut tx, &msg, &cfg.channels).await?;
+    // The held-back anomalies are listed now: count afresh from here.
+    sqlx::query("UPDATE alert_state SET suppressed = 0 WHERE suppressed > 0")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(subject = %report.subject(), "status report queued");
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn periods_align_on_the_interval_after_settling() {
+        let i = Duration::from_secs(300);
+        let at = |h, m, s| Utc.with_ymd_and_hms(2026, 11, 25, h, m, s).unwrap();
+        assert_eq!(last_period_end(at(10, 5, 10), i), at(10, 5, 0));
+        assert_eq!(
+            last_period_end(at(10, 5, 3), i),
+            at(10, 0, 0),
+            "not settled yet"
+        );
+        assert_eq!(last_period_end(at(10, 9, 59), i), at(10, 5, 0));
+    }
+
+    #[test]
+    fn statuses_follow_the_documented_rules() {
+        let b = Some(Baseline {
+            mean_ms: 90.0,
+            p95_ms: 100.0,
+        });
+        assert_eq!(
+            classify(20, 20, Some(140.0), b, false, 1.5, None),
+            Status::Healthy
+        );
+        assert_eq!(
+            classify(20, 20, Some(151.0), b, false, 1.5, None),
+            Status::Slow
+        );
+        assert_eq!(
+            classify(20, 20, Some(120.0), b, false, 1.5, Some(110.0)),
+            Status::Slow
+        );
+        assert_eq!(classify(20, 0, None, b, false, 1.5, None), Status::Down);
+        assert_eq!(
+            classify(20, 19, Some(90.0), b, true, 1.5, None),
+            Status::Down
+        );
+        assert_eq!(classify(0, 0, None, b, false, 1.5, None), Status::NoData);
+        assert_eq!(
+            classify(20, 20, Some(1000.0), None, false, 1.5, None),
+            Status::Healthy,
+            "no baseline, no threshold"
+        );
+    }
+}

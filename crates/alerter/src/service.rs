@@ -1,0 +1,183 @@
+//! The alerter service: a decision loop (anomalies → alerts, down and
+//! recovered, status reports) woken by the detector's NOTIFY or a poll, and
+//! a delivery loop draining the outbox.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apimon_core::db::{self, notifications};
+use chrono::Utc;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::{watch, Notify};
+
+use crate::alerts;
+use crate::baseline::Baselines;
+use crate::channels::Sender;
+use crate::config::AlerterConfig;
+use crate::report;
+
+/// Runs until `shutdown` completes.
+pub async fn run(
+    cfg: AlerterConfig,
+    pool: PgPool,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    let channels = cfg.channels.names();
+    if channels.is_empty() {
+        tracing::warn!(
+            "no delivery channel configured (ALERT_EMAIL_TO, SLACK_WEBHOOK_URL, TEAMS_WEBHOOK_URL, \
+             ALERT_WEBHOOK_URL): notifications are recorded in the outbox but none will be delivered"
+        );
+    } else {
+        tracing::info!(?channels, "alerter starting");
+    }
+    let sender = Arc::new(Sender::new(&cfg.channels)?);
+    let wake_delivery = Arc::new(Notify::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let delivery = tokio::spawn(deliver_loop(
+        pool.clone(),
+        cfg.clone(),
+        sender,
+        wake_delivery.clone(),
+        stop_rx,
+    ));
+
+    let mut baselines = Baselines::new(cfg.baseline_window);
+    let mut cursor = loop {
+        match alerts::load_cursor(&pool, cfg.backfill).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error.message = %e, "cannot read the alerter's progress; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
+    let mut listener = listen(&pool).await;
+    let mut poll = tokio::time::interval(cfg.poll_interval);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            r = recv(&mut listener) => {
+                if r.is_err() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    listener = listen(&pool).await;
+                }
+            }
+            _ = poll.tick() => {}
+        }
+        match step(&pool, &cfg, &mut baselines, cursor).await {
+            Ok((c, queued)) => {
+                cursor = c;
+                if queued {
+                    wake_delivery.notify_one();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error.message = %e, error.cause_chain = ?e, "alerter pass failed; will retry")
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    wake_delivery.notify_one();
+    let _ = tokio::time::timeout(cfg.shutdown_grace, delivery).await;
+    tracing::info!("alerter stopped");
+    Ok(())
+}
+
+/// One decision pass. Returns the new cursor and whether anything was queued.
+pub async fn step(
+    pool: &PgPool,
+    cfg: &AlerterConfig,
+    baselines: &mut Baselines,
+    cursor: chrono::DateTime<Utc>,
+) -> anyhow::Result<(chrono::DateTime<Utc>, bool)> {
+    let (cursor, alerts) = alerts::process_anomalies(pool, cfg, baselines, cursor).await?;
+    let down = alerts::check_down(pool, cfg).await?;
+    let reported = report::maybe_report(pool, cfg, baselines, Utc::now()).await?;
+    Ok((cursor, alerts + down > 0 || reported))
+}
+
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let mut l = PgListener::connect_with(pool).await.ok()?;
+    l.listen(db::ANOMALIES_CHANNEL).await.ok()?;
+    Some(l)
+}
+
+async fn recv(listener: &mut Option<PgListener>) -> Result<(), ()> {
+    match listener {
+        Some(l) => match l.try_recv().await {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(()),
+        },
+        None => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Err(())
+        }
+    }
+}
+
+/// Sends due notifications one at a time: each is locked (`FOR UPDATE SKIP
+/// LOCKED`) while it is sent, so two alerters never send the same one.
+async fn deliver_loop(
+    pool: PgPool,
+    cfg: AlerterConfig,
+    sender: Arc<Sender>,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match deliver_one(&pool, &cfg, &sender).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error.message = %e, "outbox unavailable; will retry"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Sends the oldest due notification, if any. Returns whether there was one.
+pub async fn deliver_one(
+    pool: &PgPool,
+    cfg: &AlerterConfig,
+    sender: &Sender,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some(n) = notifications::claim_due(&mut tx).await? else {
+        tx.commit().await?;
+        return Ok(false);
+    };
+    match sender.send(&n).await {
+        Ok(()) => {
+            notifications::mark_sent(&mut tx, n.id).await?;
+            tracing::info!(id = n.id, channel = %n.channel, kind = %n.kind, subject = %n.subject, "notification sent");
+        }
+        Err(error) => {
+            let attempts = u32::try_from(n.attempts).unwrap_or(0) + 1;
+            let retry = cfg.retry.next_delay(attempts);
+            match retry {
+                Some(d) => {
+                    tracing::warn!(id = n.id, channel = %n.channel, attempts, retry_in_secs = d.as_secs_f64(), %error, "delivery failed; will retry")
+                }
+                None => {
+                    tracing::error!(id = n.id, channel = %n.channel, attempts, %error, "delivery failed; giving up")
+                }
+            }
+            notifications::mark_failed(&mut tx, n.id, &error, retry).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(true)
+}
