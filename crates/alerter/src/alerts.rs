@@ -144,7 +144,9 @@ pub async fn process_anomalies(
                     .as_ref()
                     .and_then(|f| f.get("rolling_mean"))
                     .and_then(|v| v.as_f64()),
-                baseline: baselines.get(pool, api).await?,
+                baseline: baselines
+                    .get(pool, api, a.timestamp - chrono::Duration::minutes(15))
+                    .await?,
                 suppressed: st.suppressed,
             };
             let msg = compose::alert(&facts, &cfg.dashboard_url);

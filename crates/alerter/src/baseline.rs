@@ -1,19 +1,36 @@
-//! Each API's usual response times (mean and p95 of its successful checks
-//! over `BASELINE_WINDOW`), cached for an hour.
+//! Each API's usual response times: mean and p95 of its successful checks
+//! over `BASELINE_WINDOW` (7 days) before the period being judged, so that
+//! the period does not dilute its own baseline. Cached for up to an hour.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::compose::Baseline;
 
 const TTL: Duration = Duration::from_secs(3600);
 
+#[derive(Clone, Copy)]
+struct Entry {
+    computed: Instant,
+    /// Data before this time only.
+    until: DateTime<Utc>,
+    value: Option<Baseline>,
+}
+
+impl Entry {
+    /// Usable for a period that starts at `until`: fresh, and computed from
+    /// data before that start.
+    fn usable(&self, until: DateTime<Utc>) -> bool {
+        self.computed.elapsed() < TTL && self.until <= until
+    }
+}
+
 pub struct Baselines {
     window: Duration,
-    cache: HashMap<String, (Instant, Option<Baseline>)>,
+    cache: HashMap<String, Entry>,
 }
 
 impl Baselines {
@@ -24,55 +41,77 @@ impl Baselines {
         }
     }
 
-    /// The baseline of `api`, from the cache when fresh.
-    pub async fn get(&mut self, pool: &PgPool, api: &str) -> Result<Option<Baseline>, sqlx::Error> {
-        if let Some((at, b)) = self.cache.get(api) {
-            if at.elapsed() < TTL {
-                return Ok(*b);
-            }
+    /// The baseline of `api` from data before `until`.
+    pub async fn get(
+        &mut self,
+        pool: &PgPool,
+        api: &str,
+        until: DateTime<Utc>,
+    ) -> Result<Option<Baseline>, sqlx::Error> {
+        if let Some(e) = self.cache.get(api).filter(|e| e.usable(until)) {
+            return Ok(e.value);
         }
-        let all = self.load(pool, Some(api)).await?;
-        let b = all.get(api).copied();
-        self.cache.insert(api.to_string(), (Instant::now(), b));
-        Ok(b)
+        let value = self.load(pool, Some(api), until).await?.get(api).copied();
+        self.cache.insert(
+            api.to_string(),
+            Entry {
+                computed: Instant::now(),
+                until,
+                value,
+            },
+        );
+        Ok(value)
     }
 
-    /// Baselines of every API, refreshing the cache.
-    pub async fn all(&mut self, pool: &PgPool) -> Result<HashMap<String, Baseline>, sqlx::Error> {
-        let fresh = !self.cache.is_empty() && self.cache.values().all(|(at, _)| at.elapsed() < TTL);
-        if fresh {
-            return Ok(self
-                .cache
+    /// Baselines of every API from data before `until`.
+    pub async fn all(
+        &mut self,
+        pool: &PgPool,
+        until: DateTime<Utc>,
+    ) -> Result<HashMap<String, Baseline>, sqlx::Error> {
+        let usable = !self.cache.is_empty() && self.cache.values().all(|e| e.usable(until));
+        if !usable {
+            let all = self.load(pool, None, until).await?;
+            let computed = Instant::now();
+            self.cache = all
                 .iter()
-                .filter_map(|(k, (_, b))| b.map(|b| (k.clone(), b)))
-                .collect());
+                .map(|(k, b)| {
+                    let e = Entry {
+                        computed,
+                        until,
+                        value: Some(*b),
+                    };
+                    (k.clone(), e)
+                })
+                .collect();
+            return Ok(all);
         }
-        let all = self.load(pool, None).await?;
-        let now = Instant::now();
-        self.cache = all
+        Ok(self
+            .cache
             .iter()
-            .map(|(k, b)| (k.clone(), (now, Some(*b))))
-            .collect();
-        Ok(all)
+            .filter_map(|(k, e)| e.value.map(|b| (k.clone(), b)))
+            .collect())
     }
 
     async fn load(
         &self,
         pool: &PgPool,
         api: Option<&str>,
+        until: DateTime<Utc>,
     ) -> Result<HashMap<String, Baseline>, sqlx::Error> {
-        let from = Utc::now()
-            - chrono::Duration::from_std(self.window).unwrap_or(chrono::Duration::days(7));
+        let from =
+            until - chrono::Duration::from_std(self.window).unwrap_or(chrono::Duration::days(7));
         let rows: Vec<(String, Option<f64>, Option<f64>)> = sqlx::query_as(
             r#"SELECT api_name, avg(response_time_ms),
                       percentile_cont(0.95) WITHIN GROUP (ORDER BY response_time_ms)
                FROM api_metrics
-               WHERE "timestamp" > $1 AND success AND response_time_ms IS NOT NULL
-                 AND ($2::text IS NULL OR api_name = $2)
+               WHERE "timestamp" >= $1 AND "timestamp" < $3 AND success
+                 AND response_time_ms IS NOT NULL AND ($2::text IS NULL OR api_name = $2)
                GROUP BY api_name"#,
         )
         .bind(from)
         .bind(api)
+        .bind(until)
         .fetch_all(pool)
         .await?;
         Ok(rows
@@ -87,10 +126,5 @@ impl Baselines {
                 ))
             })
             .collect())
-    }
-
-    /// Forgets everything (tests).
-    pub fn clear(&mut self) {
-        self.cache.clear();
     }
 }

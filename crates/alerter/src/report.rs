@@ -106,7 +106,7 @@ pub async fn build(
     for (a, s, n) in counts {
         sev.insert((a, s), n);
     }
-    let base = baselines.all(pool).await?;
+    let base = baselines.all(pool, start).await?;
     let get = |a: &str, s: &str| {
         sev.get(&(a.to_string(), s.to_string()))
             .copied()

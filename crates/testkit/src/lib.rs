@@ -8,6 +8,7 @@
 
 pub mod http;
 mod pg;
+pub mod smtp;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
