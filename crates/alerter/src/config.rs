@@ -149,6 +149,8 @@ pub struct AlerterConfig {
     pub backfill: Duration,
     pub retry: Retry,
     pub shutdown_grace: Duration,
+    /// `/healthz` and `/metrics` (`ALERTER_HTTP_PORT`, 9103; 0 turns it off).
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl AlerterConfig {
@@ -212,6 +214,7 @@ impl AlerterConfig {
                 max_delay: nonzero(env, "ALERT_RETRY_MAX_DELAY", Duration::from_secs(300))?,
             },
             shutdown_grace: env.duration_or("SHUTDOWN_GRACE", Duration::from_secs(10))?,
+            http: apimon_core::health::http_addr(env, "alerter", 9103)?,
         })
     }
 }

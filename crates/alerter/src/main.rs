@@ -74,7 +74,14 @@ async fn serve(cfg: AlerterConfig) -> anyhow::Result<()> {
     let Some((pool, _)) = db::connect_and_migrate(&cfg.db, &mut shutdown).await else {
         return Ok(());
     };
-    alerter::service::run(cfg, pool, shutdown).await
+    let health = apimon_core::health::Health::new(std::time::Duration::from_secs(30));
+    if let Some(addr) = cfg.http {
+        let metrics = apimon_core::health::install_metrics();
+        apimon_core::health::serve(addr, health.clone(), metrics, shutdown::signal())
+            .await
+            .map_err(|e| anyhow::anyhow!("listening on {addr} (ALERTER_HTTP_PORT): {e}"))?;
+    }
+    alerter::service::run_with_health(cfg, pool, health, shutdown).await
 }
 
 async fn test_email(cfg: &AlerterConfig) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apimon_core::db::{self, notifications};
+use apimon_core::health::Health;
 use chrono::Utc;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -22,6 +23,16 @@ use crate::report;
 pub async fn run(
     cfg: AlerterConfig,
     pool: PgPool,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    run_with_health(cfg, pool, Health::new(Duration::from_secs(30)), shutdown).await
+}
+
+/// [`run`], reporting liveness to `health` (served on `/healthz`).
+pub async fn run_with_health(
+    cfg: AlerterConfig,
+    pool: PgPool,
+    health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
@@ -71,8 +82,10 @@ pub async fn run(
             }
             _ = poll.tick() => {}
         }
+        health.beat();
         match step(&pool, &cfg, &mut baselines, cursor).await {
             Ok((c, queued)) => {
+                health.set_db(true);
                 cursor = c;
                 if queued {
                     wake_delivery.notify_one();
@@ -162,6 +175,7 @@ pub async fn deliver_one(
     match sender.send(&n).await {
         Ok(()) => {
             notifications::mark_sent(&mut tx, n.id).await?;
+            metrics::counter!("apimon_notifications_total", "channel" => n.channel.clone(), "state" => "sent").increment(1);
             tracing::info!(id = n.id, channel = %n.channel, kind = %n.kind, subject = %n.subject, "notification sent");
         }
         Err(error) => {
@@ -175,6 +189,12 @@ pub async fn deliver_one(
                     tracing::error!(id = n.id, channel = %n.channel, attempts, %error, "delivery failed; giving up")
                 }
             }
+            let state = if retry.is_some() {
+                "retrying"
+            } else {
+                "failed"
+            };
+            metrics::counter!("apimon_notifications_total", "channel" => n.channel.clone(), "state" => state).increment(1);
             notifications::mark_failed(&mut tx, n.id, &error, retry).await?;
         }
     }

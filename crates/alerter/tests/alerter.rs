@@ -667,3 +667,56 @@ async fn test_email_and_preview_report_commands_work() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("<table"));
     assert_eq!(smtp.mails().len(), 1, "previews send nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_healthz_and_metrics() {
+    let db = database(&["api-a"]).await;
+    let smtp = SmtpServer::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = alerter_binary(&db, &smtp)
+        .env("ALERTER_HTTP_PORT", port.to_string())
+        .env("HTTP_BIND", "127.0.0.1")
+        .env("ALERT_POLL_INTERVAL", "200ms")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = std::time::Instant::now();
+    loop {
+        if matches!(reqwest::get(format!("{base}/healthz")).await, Ok(r) if r.status() == 200) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "/healthz never answered 200");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    insert_anomalies(&db.pool, &[anomaly("api-a", Utc::now(), "critical", "x")]).await;
+    smtp.wait_for(WAIT, |m| !with_subject(m, "CRITICAL").is_empty())
+        .await;
+    let start = std::time::Instant::now();
+    loop {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("apimon_notifications_total{channel=\"email\",state=\"sent\"}") {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}

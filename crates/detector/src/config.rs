@@ -70,6 +70,8 @@ pub struct DetectorConfig {
     pub batch_limit: i64,
     /// How long shutdown waits for the pass in progress (`SHUTDOWN_GRACE`).
     pub shutdown_grace: Duration,
+    /// `/healthz` and `/metrics` (`DETECTOR_HTTP_PORT`, 9102; 0 turns it off).
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl DetectorConfig {
@@ -84,6 +86,7 @@ impl DetectorConfig {
             backfill: env.duration_or("DETECTOR_BACKFILL", Duration::from_secs(3600))?,
             batch_limit: env.int_in("DETECTOR_BATCH_LIMIT", 50_000i64, 100..=10_000_000)?,
             shutdown_grace: env.duration_or("SHUTDOWN_GRACE", Duration::from_secs(10))?,
+            http: apimon_core::health::http_addr(env, "detector", 9102)?,
         })
     }
 }

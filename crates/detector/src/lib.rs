@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod evaluate;
 pub mod replay;
 pub mod service;
 pub mod trainer;

@@ -46,6 +46,20 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Replay the NAB corpus through apimon, a rolling z-score and the
+    /// original pooled forest; print windows caught, false positives,
+    /// delays and NAB scores per category.
+    Evaluate {
+        /// The NAB directory, holding `data/<category>/*.csv`.
+        #[arg(long, value_name = "DIR", default_value = "../shared/datasets/nab")]
+        nab: PathBuf,
+        /// The anomaly windows (default: DIR/combined_windows.json).
+        #[arg(long, value_name = "FILE")]
+        windows: Option<PathBuf>,
+        /// Also write one row per detector and file to this CSV.
+        #[arg(long, value_name = "FILE")]
+        out_csv: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -97,6 +111,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Evaluate {
+            nab,
+            windows,
+            out_csv,
+        }) => {
+            let opts = match replay_options(&env) {
+                Ok(o) => o,
+                Err(e) => return config_error(e),
+            };
+            detector::evaluate::run(&nab, windows.as_deref(), out_csv.as_deref(), &opts)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,7 +152,14 @@ async fn serve(cfg: DetectorConfig) -> anyhow::Result<()> {
     let Some((pool, _backend)) = db::connect_and_migrate(&cfg.db, &mut shutdown).await else {
         return Ok(());
     };
-    detector::service::run(cfg, pool, shutdown).await?;
+    let health = apimon_core::health::Health::new(std::time::Duration::from_secs(30));
+    if let Some(addr) = cfg.http {
+        let metrics = apimon_core::health::install_metrics();
+        apimon_core::health::serve(addr, health.clone(), metrics, shutdown::signal())
+            .await
+            .with_context(|| format!("listening on {addr} (DETECTOR_HTTP_PORT)"))?;
+    }
+    detector::service::run_with_health(cfg, pool, health, shutdown).await?;
     Ok(())
 }
 

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use apimon_core::db::{self, anomalies::AnomalyRow, metrics::NewRow};
+use apimon_core::health::Health;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -44,6 +47,16 @@ pub struct Scorer {
 pub async fn run(
     cfg: DetectorConfig,
     pool: PgPool,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<DetectorOutcome> {
+    run_with_health(cfg, pool, Health::new(Duration::from_secs(30)), shutdown).await
+}
+
+/// [`run`], reporting liveness to `health` (served on `/healthz`).
+pub async fn run_with_health(
+    cfg: DetectorConfig,
+    pool: PgPool,
+    health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<DetectorOutcome> {
     tokio::pin!(shutdown);
@@ -113,9 +126,14 @@ pub async fn run(
         while let Ok((api, model)) = model_rx.try_recv() {
             scorer.set_model(&api, model);
         }
+        health.beat();
         match scorer.pass_until_caught_up().await {
-            Ok(()) => backoff = Duration::from_millis(250),
+            Ok(()) => {
+                health.set_db(true);
+                backoff = Duration::from_millis(250);
+            }
             Err(e) => {
+                health.set_db(false);
                 tracing::warn!(error.message = %e, error.cause_chain = ?e, "scoring pass failed; will retry");
                 tokio::select! {
                     _ = &mut shutdown => break,
@@ -299,6 +317,12 @@ impl Scorer {
         for r in &rows {
             let lag = (committed - r.ingested_at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
             self.lag_ms.push(lag.max(0.0));
+            metrics::histogram!("apimon_detection_lag_seconds").record(lag.max(0.0) / 1000.0);
+        }
+        metrics::counter!("apimon_rows_scored_total").increment(n as u64);
+        for a in &anomalies {
+            metrics::counter!("apimon_anomalies_total", "severity" => a.severity.clone())
+                .increment(1);
         }
         for (api, mark) in marks {
             self.marks.insert(api, mark);

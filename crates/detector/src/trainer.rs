@@ -115,6 +115,8 @@ impl Trainer {
             }
         };
         let train_ms = started.elapsed().as_secs_f64() * 1000.0;
+        metrics::counter!("apimon_models_trained_total").increment(1);
+        metrics::histogram!("apimon_training_seconds").record(train_ms / 1000.0);
         let version = match db::models::save(&self.pool, api, now, &model).await {
             Ok(v) => v,
             Err(db::models::ModelSaveError::Db(e)) => return Err(e),

@@ -303,3 +303,55 @@ async fn an_unreadable_stored_model_is_logged_and_retrained() {
     .await;
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_healthz_and_metrics() {
+    let d = database().await;
+    register(&d.pool, &["api"]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_detector"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &d.url)
+        .env("DETECTOR_HTTP_PORT", port.to_string())
+        .env("HTTP_BIND", "127.0.0.1")
+        .env("DETECTOR_POLL_INTERVAL", "200ms")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for("/healthz 200", || async {
+        matches!(reqwest::get(format!("{base}/healthz")).await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    let now = Utc::now();
+    let rows: Vec<MetricRow> = (0..3)
+        .map(|i| row("api", now + chrono::Duration::seconds(i), None))
+        .collect();
+    db::metrics::insert_batch(&d.pool, &rows).await.unwrap();
+    wait_for("anomalies counted in /metrics", || async {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains("apimon_anomalies_total{severity=\"critical\"} 2")
+            && text.contains("apimon_detection_lag_seconds_bucket")
+            && text.contains("apimon_rows_scored_total 3")
+    })
+    .await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}

@@ -36,6 +36,8 @@ pub struct PingerConfig {
     /// Time between two summary lines in the log (`PINGER_SUMMARY_INTERVAL`);
     /// default: the shortest endpoint interval, one "round".
     pub summary_interval: Duration,
+    /// `/healthz` and `/metrics` (`PINGER_HTTP_PORT`, 9101; 0 turns it off).
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl PingerConfig {
@@ -72,7 +74,9 @@ impl PingerConfig {
                 "expected a duration above 0",
             ));
         }
+        let http = apimon_core::health::http_addr(env, "pinger", 9101)?;
         Ok(PingerConfig {
+            http,
             db,
             apis_file,
             endpoints,

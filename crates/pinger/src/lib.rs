@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apimon_core::apis::Endpoint;
+use apimon_core::health::Health;
 use apimon_core::shard::stable_hash;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -61,6 +62,18 @@ pub async fn run(
     max_rounds: Option<u64>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<RunOutcome> {
+    let health = Health::new(Duration::from_secs(30));
+    run_with_health(cfg, pool, max_rounds, health, shutdown).await
+}
+
+/// [`run`], reporting liveness to `health` (served on `/healthz`).
+pub async fn run_with_health(
+    cfg: PingerConfig,
+    pool: PgPool,
+    max_rounds: Option<u64>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<RunOutcome> {
     let endpoints = cfg.owned_endpoints();
     tracing::info!(
         endpoints = endpoints.len(),
@@ -84,6 +97,7 @@ pub async fn run(
         flush_interval: cfg.flush_interval,
         retention_days: cfg.retention_days,
         endpoints: cfg.endpoints.clone(),
+        health,
     };
     let (writer_stop_tx, writer_stop_rx) = watch::channel(false);
     let writer_task = tokio::spawn(writer.run(writer_stop_rx, cfg.shutdown_grace));
@@ -177,6 +191,13 @@ async fn endpoint_loop(
             );
         }
         stats.record(row.response_time_ms, row.success, late);
+        let outcome = row.error_kind.clone().unwrap_or_else(|| "ok".to_string());
+        metrics::counter!("apimon_checks_total", "api" => ep.name.clone(), "outcome" => outcome)
+            .increment(1);
+        if let Some(ms) = row.response_time_ms {
+            metrics::histogram!("apimon_response_time_seconds").record(ms / 1000.0);
+        }
+        metrics::histogram!("apimon_check_late_seconds").record(late.as_secs_f64());
         buffer.push(row);
         done += 1;
         if max_rounds.is_some_and(|m| done >= m) {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use apimon_core::config::CONFIG_EXIT_CODE;
+use apimon_core::health::Health;
 use apimon_core::{db, shutdown, telemetry, Env};
 use clap::Parser;
 use pinger::config::PingerConfig;
@@ -64,7 +65,14 @@ async fn serve(cfg: PingerConfig, rounds: Option<u64>) -> anyhow::Result<()> {
         "connecting (the pinger keeps checking while the database is down)"
     );
     let pool = db::lazy_pool(&cfg.db);
-    pinger::run(cfg, pool, rounds, shutdown::signal())
+    let health = Health::new(std::time::Duration::from_secs(30));
+    if let Some(addr) = cfg.http {
+        let metrics = apimon_core::health::install_metrics();
+        apimon_core::health::serve(addr, health.clone(), metrics, shutdown::signal())
+            .await
+            .with_context(|| format!("listening on {addr} (PINGER_HTTP_PORT)"))?;
+    }
+    pinger::run_with_health(cfg, pool, rounds, health, shutdown::signal())
         .await
         .context("running the pinger")?;
     Ok(())

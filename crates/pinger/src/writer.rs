@@ -15,6 +15,8 @@ use crate::stats::Stats;
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// With nothing to write, check the database this often (for /healthz).
+const PING_EVERY: Duration = Duration::from_secs(5);
 /// Plain PostgreSQL has no retention policy: delete old rows this often.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
@@ -27,6 +29,8 @@ pub struct Writer {
     /// Every configured endpoint, registered in `api_endpoints` once the
     /// schema is ready.
     pub endpoints: Vec<apimon_core::apis::Endpoint>,
+    /// `/healthz`: the database answered, the loop is alive.
+    pub health: std::sync::Arc<apimon_core::health::Health>,
 }
 
 struct State {
@@ -35,6 +39,8 @@ struct State {
     /// When the current outage began, if the database is failing.
     failing_since: Option<Instant>,
     next_retention: Instant,
+    /// Last time the database answered (a flush or a ping).
+    last_contact: Instant,
 }
 
 impl Writer {
@@ -46,6 +52,7 @@ impl Writer {
             backoff: BACKOFF_START,
             failing_since: None,
             next_retention: Instant::now(),
+            last_contact: Instant::now(),
         };
         loop {
             let wait = if st.failing_since.is_some() {
@@ -61,7 +68,9 @@ impl Writer {
             if *stop.borrow() {
                 break;
             }
+            self.health.beat();
             self.step(&mut st).await;
+            metrics::gauge!("apimon_buffered_rows").set(self.buffer.len() as f64);
         }
         // Final flush: keep trying until the buffer is empty or grace is up.
         let deadline = Instant::now() + grace;
@@ -87,6 +96,7 @@ impl Writer {
         let dropped = self.buffer.take_dropped();
         if dropped > 0 {
             self.stats.add_dropped(dropped);
+            metrics::counter!("apimon_rows_dropped_total").increment(dropped);
             tracing::warn!(
                 dropped,
                 total_dropped = self.stats.dropped(),
@@ -95,6 +105,7 @@ impl Writer {
         }
         match self.try_flush(st).await {
             Ok(()) => {
+                self.health.set_db(true);
                 if let Some(since) = st.failing_since.take() {
                     tracing::info!(
                         outage_secs = since.elapsed().as_secs_f64(),
@@ -105,6 +116,7 @@ impl Writer {
                 true
             }
             Err(e) => {
+                self.health.set_db(false);
                 let first = st.failing_since.is_none();
                 let since = *st.failing_since.get_or_insert_with(Instant::now);
                 if first || st.backoff >= BACKOFF_MAX {
@@ -131,10 +143,21 @@ impl Writer {
             }
             st.backend = Some(backend);
         }
+        let mut wrote = false;
         while let Some(batch) = self.buffer.peek_batch() {
             let inserted = db::metrics::insert_batch(&self.pool, &batch.rows).await?;
             self.buffer.ack(&batch);
             self.stats.add_written(inserted);
+            metrics::counter!("apimon_rows_written_total").increment(inserted);
+            wrote = true;
+        }
+        // With nothing to write, still make sure the database answers, so
+        // that /healthz tells an outage.
+        if wrote {
+            st.last_contact = Instant::now();
+        } else if st.last_contact.elapsed() >= PING_EVERY {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            st.last_contact = Instant::now();
         }
         if let Some(backend) = &st.backend {
             if !backend.is_timescale() && Instant::now() >= st.next_retention {

@@ -226,3 +226,88 @@ fn check_config_lists_the_endpoints_of_this_shard() {
         "{stdout}"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(url).await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_reports_a_database_outage_and_metrics_count_checks() {
+    let cluster = std::sync::Arc::new(PgCluster::start());
+    let h = Harness::with_database_url(cluster.url("postgres")).await;
+    h.server.set("/ok", Reply::ok());
+    h.server.set("/boom", Reply::status(500));
+    let toml = endpoints(&h.server, &[("good", "/ok"), ("bad", "/boom")], "200ms");
+    let port = free_port();
+    let mut cmd = pinger_binary();
+    cmd.envs(h.env(
+        &toml,
+        &[
+            ("PINGER_HTTP_PORT", &port.to_string()),
+            ("HTTP_BIND", "127.0.0.1"),
+        ],
+    ))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    let status = |want: u16| {
+        let health = health.clone();
+        move || {
+            let health = health.clone();
+            async move { get(&health).await.map(|(s, _)| s) == Some(want) }
+        }
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), status(200)).await,
+        "healthy while the database answers"
+    );
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.stop()).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), status(503)).await,
+        "503 during the outage"
+    );
+    let (_, why) = get(&health).await.unwrap();
+    assert!(why.contains("database"), "{why}");
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.restart())
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(40), status(200)).await,
+        "healthy again after the outage"
+    );
+    let (code, text) = get(&format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        text.contains("apimon_checks_total{api=\"good\",outcome=\"ok\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("apimon_checks_total{api=\"bad\",outcome=\"http_status\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("apimon_response_time_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("apimon_buffered_rows"), "{text}");
+    assert!(text.contains("apimon_rows_written_total"), "{text}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}

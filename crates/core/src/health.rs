@@ -1,0 +1,182 @@
+//! Each service's own HTTP port: `/healthz` (200 only while the database
+//! answers and the service's loop is alive) and `/metrics` (Prometheus text
+//! format, from the `metrics` facade).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::{ConfigError, Env};
+
+/// Liveness shared by a service's loop and its `/healthz`.
+#[derive(Debug)]
+pub struct Health {
+    db_ok: AtomicBool,
+    /// Unix milliseconds of the loop's last heartbeat.
+    beat: AtomicI64,
+    /// A loop silent for longer than this is dead.
+    stale_after: Duration,
+}
+
+impl Health {
+    pub fn new(stale_after: Duration) -> Arc<Health> {
+        Arc::new(Health {
+            db_ok: AtomicBool::new(false),
+            beat: AtomicI64::new(now_ms()),
+            stale_after,
+        })
+    }
+
+    /// The loop is alive.
+    pub fn beat(&self) {
+        self.beat.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The last database operation succeeded (`true`) or failed.
+    pub fn set_db(&self, ok: bool) {
+        self.db_ok.store(ok, Ordering::Relaxed);
+        metrics::gauge!("apimon_database_up").set(if ok { 1.0 } else { 0.0 });
+    }
+
+    /// `Ok` when healthy, else why not.
+    pub fn check(&self) -> Result<(), String> {
+        let silent = now_ms().saturating_sub(self.beat.load(Ordering::Relaxed));
+        if !self.db_ok.load(Ordering::Relaxed) {
+            return Err("database unreachable".into());
+        }
+        if silent > self.stale_after.as_millis() as i64 {
+            return Err(format!("loop silent for {} ms", silent));
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Where a service listens: `{SERVICE}_HTTP_PORT` (and `HTTP_BIND`, default
+/// `0.0.0.0`); port 0 disables it.
+pub fn http_addr(
+    env: &Env,
+    service: &str,
+    default_port: u16,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let key = format!("{}_HTTP_PORT", service.to_ascii_uppercase());
+    let port = env.int_in(&key, default_port, 0..=65535)?;
+    if port == 0 {
+        return Ok(None);
+    }
+    let bind = env.get("HTTP_BIND").unwrap_or("0.0.0.0");
+    let ip: std::net::IpAddr = bind.parse().map_err(|_| {
+        ConfigError::new(
+            "HTTP_BIND",
+            format!("expected an IP address such as 0.0.0.0, got `{bind}`"),
+        )
+    })?;
+    Ok(Some(SocketAddr::new(ip, port)))
+}
+
+/// Installs the Prometheus recorder (once per process) and returns its
+/// handle.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    let buckets = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+        .ok()?
+        .install_recorder()
+        .ok()
+}
+
+#[derive(Clone)]
+struct AppState {
+    health: Arc<Health>,
+    metrics: Option<PrometheusHandle>,
+}
+
+async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
+    match s.health.check() {
+        Ok(()) => (StatusCode::OK, "ok\n".into()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        ),
+    }
+}
+
+async fn metrics_text(State(s): State<AppState>) -> (StatusCode, String) {
+    match &s.metrics {
+        Some(h) => (StatusCode::OK, h.render()),
+        None => (
+            StatusCode::NOT_FOUND,
+            "metrics recorder not installed\n".into(),
+        ),
+    }
+}
+
+/// Binds `addr` and serves `/healthz` and `/metrics` until `shutdown`.
+/// Returns the bound address (port 0 picks one).
+pub async fn serve(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .with_state(AppState { health, metrics });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    });
+    tracing::info!(%bound, "serving /healthz and /metrics");
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthy_only_with_the_database_and_a_recent_heartbeat() {
+        let h = Health::new(Duration::from_millis(50));
+        assert!(h.check().unwrap_err().contains("database"));
+        h.set_db(true);
+        h.beat();
+        assert!(h.check().is_ok());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(h.check().unwrap_err().contains("silent"));
+        h.beat();
+        h.set_db(false);
+        assert!(h.check().is_err());
+    }
+
+    #[test]
+    fn http_port_is_configurable_and_zero_disables() {
+        let env = Env::from_pairs([("PINGER_HTTP_PORT", "9999"), ("HTTP_BIND", "127.0.0.1")]);
+        assert_eq!(
+            http_addr(&env, "pinger", 9101).unwrap(),
+            Some("127.0.0.1:9999".parse().unwrap())
+        );
+        let env = Env::from_pairs([("PINGER_HTTP_PORT", "0")]);
+        assert_eq!(http_addr(&env, "pinger", 9101).unwrap(), None);
+        let env = Env::from_pairs([("HTTP_BIND", "nowhere")]);
+        assert_eq!(
+            http_addr(&env, "pinger", 9101).unwrap_err().key,
+            "HTTP_BIND"
+        );
+    }
+}
