@@ -200,6 +200,9 @@ pub struct DbConfig {
     pub max_connections: u32,
     /// How long to wait for a connection before an operation fails.
     pub acquire_timeout: Duration,
+    /// Password given to the read-only `apimon_grafana` role at start
+    /// (`GRAFANA_DB_PASSWORD`); never printed.
+    pub grafana_password: Option<SecretString>,
 }
 
 impl fmt::Debug for DbConfig {
@@ -265,6 +268,9 @@ impl DbConfig {
             (options, format!("{user}@{host}:{port}/{database}"))
         };
         Ok(DbConfig {
+            grafana_password: env
+                .get("GRAFANA_DB_PASSWORD")
+                .map(|p| SecretString::from(p.to_string())),
             options: options.application_name("apimon"),
             display,
             max_connections,

@@ -182,3 +182,35 @@ async fn retention_deletes_old_rows_on_plain_postgres() {
     let left = db::metrics::for_api(&pool, "a").await.unwrap();
     assert_eq!(left, vec![rows[1].clone()]);
 }
+
+#[tokio::test]
+async fn grafana_reads_through_a_read_only_role() {
+    let test_db = apimon_testkit::fresh_database().await;
+    let pool = migrated_pool_at(&test_db.url).await;
+    db::set_grafana_password(&pool, "gr4f'ana").await.unwrap();
+    let mut url = url::Url::parse(&test_db.url).unwrap();
+    url.set_username("apimon_grafana").unwrap();
+    url.set_password(Some("gr4f'ana")).unwrap();
+    let ro = db::connect(&DbConfig::from_url(url.as_str()).unwrap())
+        .await
+        .expect("the role logs in");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM api_metrics")
+        .fetch_one(&ro)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let denied = sqlx::query("DELETE FROM api_metrics").execute(&ro).await;
+    assert!(denied.is_err(), "read-only");
+    let denied = sqlx::query("INSERT INTO anomalies (\"timestamp\", api_name, anomaly_score, severity) VALUES (now(), 'x', -1, 'critical')")
+        .execute(&ro)
+        .await;
+    assert!(denied.is_err(), "read-only");
+}
+
+async fn migrated_pool_at(url: &str) -> PgPool {
+    let pool = db::connect(&DbConfig::from_url(url).unwrap())
+        .await
+        .unwrap();
+    db::migrate(&pool).await.unwrap();
+    pool
+}

@@ -11,6 +11,7 @@ pub mod watermarks;
 use std::fmt;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
@@ -106,6 +107,11 @@ pub async fn connect_and_migrate(
         let attempt = async {
             let pool = connect(cfg).await?;
             let backend = migrate(&pool).await?;
+            if let Some(p) = &cfg.grafana_password {
+                if let Err(e) = set_grafana_password(&pool, p.expose_secret()).await {
+                    tracing::warn!(error.message = %e, "cannot set the password of role apimon_grafana");
+                }
+            }
             Ok::<_, DbError>((pool, backend))
         };
         tokio::select! {
@@ -154,6 +160,17 @@ pub async fn migrate(pool: &PgPool) -> Result<Backend, DbError> {
         ),
     }
     Ok(backend)
+}
+
+/// Lets the read-only `apimon_grafana` role log in with `password`.
+pub async fn set_grafana_password(pool: &PgPool, password: &str) -> Result<(), sqlx::Error> {
+    // Through a function with a bound parameter: the password never
+    // appears in a statement's text, so no log can show it.
+    sqlx::query("SELECT apimon_set_grafana_password($1)")
+        .bind(password)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Which backend the migrated schema runs on.
