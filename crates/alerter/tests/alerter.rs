@@ -720,3 +720,46 @@ async fn the_binary_serves_healthz_and_metrics() {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_alerter_processes_at_once_send_one_email() {
+    let db = database(&["api-a", "api-b"]).await;
+    let smtp = SmtpServer::start().await;
+    let spawn = || {
+        alerter_binary(&db, &smtp)
+            .env("ALERTER_HTTP_PORT", "0")
+            .env("ALERT_POLL_INTERVAL", "200ms")
+            .env("ALERT_CHECK_INTERVAL", "1d")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (spawn(), spawn());
+    // Both running: wait until each has created its progress cursor.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let now = Utc::now();
+    insert_anomalies(
+        &db.pool,
+        &[
+            anomaly("api-a", now, "critical", "x"),
+            anomaly("api-b", now, "critical", "y"),
+        ],
+    )
+    .await;
+    smtp.wait_for(WAIT, |m| with_subject(m, "CRITICAL").len() >= 2)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mails = smtp.mails();
+    assert_eq!(with_subject(&mails, "CRITICAL anomaly: api-a").len(), 1);
+    assert_eq!(with_subject(&mails, "CRITICAL anomaly: api-b").len(), 1);
+    for c in [&mut a, &mut b] {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+    }
+    let (sa, sb) = tokio::task::spawn_blocking(move || (a.wait().unwrap(), b.wait().unwrap()))
+        .await
+        .unwrap();
+    assert!(sa.success() && sb.success());
+}
