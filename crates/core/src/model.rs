@@ -41,6 +41,9 @@ impl Default for ModelParams {
     }
 }
 
+/// Resolution of standardised features, in standard deviations.
+pub const GRID: f64 = 1e-4;
+
 /// Per-feature standardisation fitted on the training set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scaler {
@@ -73,10 +76,20 @@ impl Scaler {
         Scaler { mean, std }
     }
 
+    /// Standardises `x` and rounds it to [`GRID`] standard deviations.
+    ///
+    /// The rounding is not cosmetic: `extended-isolation-forest` 0.2.3 draws
+    /// split points with rand 0.8's `Uniform::new(min, max)`, whose
+    /// constructor loops about `|min| / (max - min)` times (rand#1299), so a
+    /// tree node whose values differ by a few ulps (rolling means of equal
+    /// values summed in another order) would take forever to train. On the
+    /// grid such values are equal, and an equal range is never sampled.
+    /// Scoring uses the same grid, so train and score see the same values.
     pub fn apply(&self, x: &[f64; N_FEATURES]) -> [f64; N_FEATURES] {
         let mut out = [0.0; N_FEATURES];
         for i in 0..N_FEATURES {
-            out[i] = (x[i] - self.mean[i]) / self.std[i];
+            let z = (x[i] - self.mean[i]) / self.std[i];
+            out[i] = (z / GRID).round() * GRID;
         }
         out
     }
@@ -424,6 +437,29 @@ mod tests {
             Model::train(&bad, &ModelParams::default()),
             Err(ModelError::NonFinite)
         ));
+    }
+
+    #[test]
+    fn values_a_few_ulps_apart_do_not_hang_training() {
+        // Half the rows at 0, half at 100 or one ulp above: a node holding
+        // only the latter would make the crate's sampler loop ~1e15 times.
+        let rows: Vec<[f64; N_FEATURES]> = (0..400)
+            .map(|i| {
+                let v = match i % 4 {
+                    0 | 1 => 0.0,
+                    2 => 100.0,
+                    _ => f64::from_bits(100.0f64.to_bits() + 1),
+                };
+                [v, v, v, v, v, v, (i % 24) as f64, (i % 7) as f64]
+            })
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let m = Model::train(&rows, &ModelParams::default()).map(|m| m.score(&rows[2]));
+            let _ = tx.send(m.is_ok());
+        });
+        let done = rx.recv_timeout(std::time::Duration::from_secs(60));
+        assert_eq!(done, Ok(true), "training finished within 60 s");
     }
 
     #[test]
