@@ -3,9 +3,12 @@
 //! Every CSV under `DIR/data/<category>/` is replayed causally through three
 //! detectors, compared in the same run:
 //!
-//! - **apimon**: this detector, through [`crate::replay::replay`] with the
-//!   options from the environment (one forest per series, retrained in data
-//!   time). An alert is a row whose score is below 0.
+//! - **apimon**: this detector, with the options from the environment (one
+//!   forest per series, retrained in data time). An alert is a row whose
+//!   score is below 0. It runs through [`replay_guarded`], a copy of
+//!   [`crate::replay::replay`] whose training is guarded against a hang in
+//!   `extended-isolation-forest` (see [`GuardedModel`]);
+//!   `--exact-replay` runs `replay` itself.
 //! - **zscore**: a rolling z-score over the previous [`ZSCORE_WINDOW`] values
 //!   (the current one excluded). An alert is `|z| > 3`.
 //! - **original**: the original Python system's method: ONE forest for all
@@ -70,21 +73,22 @@ pub struct Series {
     pub windows: Vec<Window>,
 }
 
-/// Why the corpus could not be loaded.
+/// Why the corpus could not be loaded (the cause, if any, is the error's
+/// `source`: print with `{:#}` through anyhow to see it).
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     #[error("NAB directory {0} not found (give --nab DIR)")]
     MissingDir(PathBuf),
     #[error("no CSV files under {0}/data/<category>/")]
     NoData(PathBuf),
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Csv { path: PathBuf, source: CsvError },
-    #[error("windows file {path} is not valid JSON of the form {{\"category/file.csv\": [[start, end], ...]}}: {source}")]
+    #[error("windows file {path} is not valid JSON of the form {{\"category/file.csv\": [[start, end], ...]}}")]
     WindowsJson {
         path: PathBuf,
         source: serde_json::Error,
@@ -218,12 +222,178 @@ fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 // Detectors. Each returns one score per row: below 0 is an alert, lower is
 // worse, `None` when the row is not scored.
 
-/// apimon's own detector, exactly as `detector replay` runs it.
-pub fn apimon_scores(points: &[Point], opts: &ReplayOptions) -> Vec<Option<f64>> {
-    replay::replay(points, opts)
-        .into_iter()
-        .map(|r| r.score)
+/// How a run departs from the plain evaluation: switches for measuring
+/// suggested changes, all off by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Variant {
+    /// apimon through [`replay::replay`] itself, without the training
+    /// guard of [`GuardedModel`] (never returns on most real series).
+    pub exact_replay: bool,
+    /// `shift-nonnegative`: every series holding negative values is
+    /// shifted up so that its minimum is 0 (apimon reads a negative value
+    /// as a failed check), for all detectors.
+    pub shift_nonnegative: bool,
+    /// `no-time-features`: apimon with `hour` and `weekday` fixed at 0, in
+    /// training and scoring.
+    pub no_time_features: bool,
+    /// `skip-original`: leave the original detector out (most of the time).
+    pub skip_original: bool,
+}
+
+impl Variant {
+    /// Reads `--experiment` names.
+    pub fn with_experiments(mut self, names: &[String]) -> Result<Variant, String> {
+        for name in names {
+            match name.as_str() {
+                "shift-nonnegative" => self.shift_nonnegative = true,
+                "no-time-features" => self.no_time_features = true,
+                "skip-original" => self.skip_original = true,
+                other => {
+                    return Err(format!(
+                        "unknown experiment `{other}` (known: shift-nonnegative, no-time-features, skip-original)"
+                    ))
+                }
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// apimon's own detector: through [`replay::replay`] itself with
+/// `exact_replay`, otherwise through [`replay_guarded`], the same loop with
+/// guarded training.
+pub fn apimon_scores(
+    points: &[Point],
+    opts: &ReplayOptions,
+    variant: &Variant,
+) -> Vec<Option<f64>> {
+    if variant.exact_replay {
+        replay::replay(points, opts)
+            .into_iter()
+            .map(|r| r.score)
+            .collect()
+    } else {
+        replay_guarded(points, opts, variant.no_time_features)
+    }
+}
+
+/// The series moved up so that its smallest value is 0, if it has a
+/// negative one.
+pub fn shift_nonnegative(points: &[Point]) -> Vec<Point> {
+    let min = points
+        .iter()
+        .filter_map(|p| p.value)
+        .fold(f64::INFINITY, f64::min);
+    let by = if min < 0.0 { -min } else { 0.0 };
+    points
+        .iter()
+        .map(|p| Point {
+            value: p.value.map(|v| v + by),
+            ..p.clone()
+        })
         .collect()
+}
+
+/// Grid of the training guard, in standard deviations of each feature.
+pub const GUARD_GRID: f64 = 1e-4;
+
+/// A [`Model`] trained and queried on rows rounded, feature by feature, to
+/// a grid of [`GUARD_GRID`] of that feature's (population) standard
+/// deviation over the training rows.
+///
+/// Why: `extended-isolation-forest` 0.2.3 draws each split with rand 0.8's
+/// `Uniform::new(min, max)`, whose constructor shrinks its scale one ulp at
+/// a time until `min + scale * max_rand < max` (rust-random/rand#1299).
+/// When a node's range is tiny next to its magnitude (rolling means of the
+/// same values summed in another order differ in the last bits) that takes
+/// about `|min| / (2 (max - min))` iterations: 1e12 and more, i.e. training
+/// never returns. Rounding to the grid makes such values equal (the crate
+/// then takes `min` without sampling) and keeps distinct ones at least
+/// 1e-4 standard deviations apart, a few milliseconds at worst; an
+/// Isolation Forest is blind to differences that small. Scored rows are
+/// rounded the same way: a split on a value all its samples share sends a
+/// row that differs by rounding noise to an empty leaf.
+pub struct GuardedModel {
+    pub model: Model,
+    grid: [f64; N_FEATURES],
+}
+
+impl GuardedModel {
+    pub fn train(
+        rows: &[[f64; N_FEATURES]],
+        params: &ModelParams,
+    ) -> Result<GuardedModel, apimon_core::model::ModelError> {
+        let scaler = apimon_core::model::Scaler::fit(rows);
+        let grid: [f64; N_FEATURES] = std::array::from_fn(|i| scaler.std[i] * GUARD_GRID);
+        let rounded: Vec<[f64; N_FEATURES]> = rows.iter().map(|r| round_to(r, &grid)).collect();
+        Ok(GuardedModel {
+            model: Model::train(&rounded, params)?,
+            grid,
+        })
+    }
+
+    /// [`Model::score`] of the rounded row.
+    pub fn score(&self, x: &[f64; N_FEATURES]) -> f64 {
+        self.model.score(&round_to(x, &self.grid))
+    }
+}
+
+fn round_to(x: &[f64; N_FEATURES], grid: &[f64; N_FEATURES]) -> [f64; N_FEATURES] {
+    std::array::from_fn(|i| (x[i] / grid[i]).round() * grid[i])
+}
+
+/// A scratch copy of [`replay::replay`] (same detector state, history
+/// window, cold start and retraining in data time) whose only change is
+/// that the model is a [`GuardedModel`] (and, with `no_time_features`,
+/// that `hour` and `weekday` are 0). Returns the scores.
+pub fn replay_guarded(
+    points: &[Point],
+    opts: &ReplayOptions,
+    no_time_features: bool,
+) -> Vec<Option<f64>> {
+    let features = |f: &apimon_core::features::Features| {
+        let mut a = f.to_array();
+        if no_time_features {
+            a[6] = 0.0;
+            a[7] = 0.0;
+        }
+        a
+    };
+    let mut det = ApiDetector::default();
+    let mut history: std::collections::VecDeque<(DateTime<Utc>, [f64; N_FEATURES])> =
+        std::collections::VecDeque::new();
+    let window = chrono::Duration::from_std(opts.policy.window).unwrap_or(chrono::Duration::MAX);
+    let mut model: Option<(GuardedModel, DateTime<Utc>)> = None;
+    let mut out = Vec::with_capacity(points.len());
+    for p in points {
+        // Without a model in `det`, a success comes back with its features
+        // and no score, a failure with its rule score.
+        let Some(v) = det.observe(p.timestamp, p.value, p.success, &opts.thresholds) else {
+            out.push(None);
+            continue;
+        };
+        match (&v.features, &model) {
+            (Some(f), Some((m, _))) => out.push(Some(m.score(&features(f)))),
+            _ => out.push(v.score),
+        }
+        if let Some(f) = &v.features {
+            history.push_back((p.timestamp, features(f)));
+        }
+        while history
+            .front()
+            .is_some_and(|(t, _)| p.timestamp.signed_duration_since(*t) > window)
+        {
+            history.pop_front();
+        }
+        let trained_at = model.as_ref().map(|(_, t)| *t);
+        if opts.policy.due(trained_at, p.timestamp, history.len()) {
+            let rows: Vec<[f64; N_FEATURES]> = history.iter().map(|(_, f)| *f).collect();
+            if let Ok(m) = GuardedModel::train(&rows, &opts.params) {
+                model = Some((m, p.timestamp));
+            }
+        }
+    }
+    out
 }
 
 /// A causal rolling z-score: `z` of each value against the mean and sample
@@ -359,7 +529,7 @@ pub fn original_scores(
     }
 
     let scored: Vec<Vec<(usize, usize, Option<f64>)>> = par_map(&fits, threads, |fit| {
-        match Model::train(&pooled[..fit.prefix], &opts.params) {
+        match GuardedModel::train(&pooled[..fit.prefix], &opts.params) {
             Ok(model) => fit
                 .rows
                 .iter()
@@ -739,24 +909,41 @@ pub struct FileResult {
 pub fn evaluate(
     corpus: &[Series],
     opts: &ReplayOptions,
+    variant: &Variant,
     threads: usize,
 ) -> (Vec<FileResult>, Vec<(&'static str, Duration)>) {
+    let shifted: Vec<Series>;
+    let corpus = if variant.shift_nonnegative {
+        shifted = corpus
+            .iter()
+            .map(|s| Series {
+                points: shift_nonnegative(&s.points),
+                ..s.clone()
+            })
+            .collect();
+        &shifted
+    } else {
+        corpus
+    };
     let mut timings = Vec::new();
     let started = Instant::now();
-    let apimon = par_map(corpus, threads, |s| apimon_scores(&s.points, opts));
+    let apimon = par_map(corpus, threads, |s| apimon_scores(&s.points, opts, variant));
     timings.push((DETECTORS[0], started.elapsed()));
     let started = Instant::now();
     let zscore = par_map(corpus, threads, |s| {
         zscore_scores(&s.points, ZSCORE_WINDOW, ZSCORE_LIMIT)
     });
     timings.push((DETECTORS[1], started.elapsed()));
-    let started = Instant::now();
-    let all: Vec<&[Point]> = corpus.iter().map(|s| s.points.as_slice()).collect();
-    let original = original_scores(&all, &OriginalOptions::default(), threads);
-    timings.push((DETECTORS[2], started.elapsed()));
+    let mut runs = vec![apimon, zscore];
+    if !variant.skip_original {
+        let started = Instant::now();
+        let all: Vec<&[Point]> = corpus.iter().map(|s| s.points.as_slice()).collect();
+        runs.push(original_scores(&all, &OriginalOptions::default(), threads));
+        timings.push((DETECTORS[2], started.elapsed()));
+    }
 
     let mut results = Vec::new();
-    for (detector, scores) in DETECTORS.into_iter().zip([apimon, zscore, original]) {
+    for (detector, scores) in DETECTORS.into_iter().zip(runs) {
         let mut next_id = 0;
         for (series, scores) in corpus.iter().zip(scores) {
             results.push(measure(detector, series, &scores, next_id));
@@ -977,6 +1164,7 @@ pub fn run(
     dir: &Path,
     windows: Option<&Path>,
     out_csv: Option<&Path>,
+    variant: &Variant,
     opts: &ReplayOptions,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -985,7 +1173,7 @@ pub fn run(
     let corpus = load_corpus(dir, &windows)?;
     let rows: usize = corpus.iter().map(|s| s.points.len()).sum();
     let labelled: usize = corpus.iter().map(|s| s.windows.len()).sum();
-    let (results, timings) = evaluate(&corpus, opts, THREADS);
+    let (results, timings) = evaluate(&corpus, opts, variant, THREADS);
     let mut text = format!(
         "NAB evaluation of {}: {} files, {rows} rows, {labelled} windows; {THREADS} threads.\n\
          apimon: {:?}, {:?}, training window {:?}, {} samples to start, retrain every {:?} (data time).\n\n",
@@ -997,6 +1185,15 @@ pub fn run(
         opts.policy.min_samples,
         opts.policy.retrain_interval,
     );
+    if *variant != Variant::default() {
+        let _ = writeln!(text, "Variant: {variant:?}\n");
+    }
+    text.push_str(if variant.exact_replay {
+        "apimon through detector::replay::replay itself (--exact-replay).\n\n"
+    } else {
+        "apimon through replay_guarded: replay with training rows rounded to 1e-4 std (works around the\n\
+         rand 0.8 Uniform::new hang in extended-isolation-forest 0.2.3; --exact-replay to disable).\n\n"
+    });
     text.push_str(&report(&results));
     let _ = writeln!(
         text,
@@ -1016,4 +1213,273 @@ pub fn run(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(i: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2014, 4, 1, 0, 0, 0).unwrap() + chrono::Duration::minutes(5 * i)
+    }
+
+    fn alerts_at(n: usize, at: &[usize]) -> Vec<bool> {
+        (0..n).map(|i| at.contains(&i)).collect()
+    }
+
+    #[test]
+    fn probation_is_15_percent_capped_at_750_rows() {
+        assert_eq!(probation_len(4032), 604);
+        assert_eq!(probation_len(1243), 186);
+        assert_eq!(probation_len(10_000), 750);
+        assert_eq!(probation_len(0), 0);
+    }
+
+    #[test]
+    fn windows_become_inclusive_row_ranges() {
+        let ts: Vec<_> = (0..10).map(t).collect();
+        let w = |a, b| Window {
+            start: t(a),
+            end: t(b),
+        };
+        let spans = window_spans(&ts, &[w(2, 4), w(7, 20), w(30, 40)]);
+        // Both ends included; a window past the data is cut; an empty one dropped.
+        assert_eq!(spans, vec![(2, 4), (7, 9)]);
+    }
+
+    #[test]
+    fn a_window_is_caught_by_an_alert_inside_it_with_its_delay() {
+        let o = file_outcome(&alerts_at(20, &[12]), &[(10, 14)], 5);
+        assert_eq!((o.windows, o.caught, o.false_positives), (1, 1, 0));
+        assert_eq!(o.delays, vec![2]);
+        // Only the first alert in a window counts for the delay.
+        let o = file_outcome(&alerts_at(20, &[11, 13]), &[(10, 14)], 5);
+        assert_eq!((o.caught, o.alerts, o.delays.clone()), (1, 2, vec![1]));
+        // Just outside both ends: missed, and two false positives.
+        let o = file_outcome(&alerts_at(20, &[9, 15]), &[(10, 14)], 5);
+        assert_eq!((o.windows, o.caught, o.false_positives), (1, 0, 2));
+        assert!(o.delays.is_empty());
+    }
+
+    #[test]
+    fn alerts_in_probation_are_neither_catches_nor_false_positives() {
+        // Window 0 lies inside the probation: not counted at all; window 1
+        // starts in it, so only the alert after the probation catches it
+        // (the delay still runs from the window's start).
+        let spans = [(1, 3), (8, 14)];
+        let o = file_outcome(&alerts_at(30, &[0, 2, 4, 9, 11, 20]), &spans, 10);
+        assert_eq!(o.scored_rows(), 20);
+        assert_eq!(o.windows, 1);
+        assert_eq!(o.caught, 1);
+        assert_eq!(o.delays, vec![3]);
+        assert_eq!(o.alerts, 2);
+        assert_eq!(o.false_positives, 1);
+    }
+
+    #[test]
+    fn false_positives_count_every_alert_outside_every_window() {
+        let o = file_outcome(
+            &alerts_at(1000, &[100, 101, 102, 500, 999]),
+            &[(500, 600)],
+            0,
+        );
+        assert_eq!(o.false_positives, 4);
+        assert_eq!(o.caught, 1);
+        assert_eq!(o.delays, vec![0]);
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[7, 1, 3]), Some(3.0));
+        assert_eq!(median(&[8, 1, 3, 4]), Some(3.5));
+    }
+
+    #[test]
+    fn scaled_sigmoid_matches_nab_reference_points() {
+        assert!((scaled_sigmoid(-1.0) - 0.986_614_3).abs() < 1e-6);
+        assert!((scaled_sigmoid(-0.5) - 0.848_283_6).abs() < 1e-6);
+        assert_eq!(scaled_sigmoid(0.0), 0.0);
+        assert!((scaled_sigmoid(1.0) + 0.986_614_3).abs() < 1e-6);
+        assert_eq!(scaled_sigmoid(3.5), -1.0);
+    }
+
+    /// 40 rows, probation 2, one window over rows 4..=6 (width 3).
+    /// Alerts (score < 0) at row 1 (probation), 3 (before the window),
+    /// 5 (inside) and 8 (after).
+    ///
+    /// By hand (standard profile):
+    /// - row 5: position -(6 - 5 + 1)/3 = -2/3; 2/(1 + e^(-10/3)) - 1 =
+    ///   0.931109, divided by max_tp 0.986614: +0.943742;
+    /// - row 3: no window before: -1 * 0.11 = -0.11;
+    /// - row 8: (8 - 6)/(3 - 1) = 1 past the window: -0.986614 * 0.11 =
+    ///   -0.108528;
+    ///
+    /// raw = 0.725214; null (never alerting) = -1; perfect = 1; normalised
+    /// 100 * 1.725214 / 2 = 86.2607.
+    fn tiny_example() -> Vec<Option<f64>> {
+        let mut scores = vec![Some(0.3); 40];
+        scores[0] = None;
+        scores[1] = Some(-0.9);
+        scores[3] = Some(-0.2);
+        scores[5] = Some(-0.5);
+        scores[8] = Some(-0.1);
+        scores
+    }
+
+    #[test]
+    fn nab_score_of_a_hand_computed_example() {
+        let cost = STANDARD_PROFILE;
+        let points = sweep_points(&tiny_example(), &[(4, 6)], 2, &cost, 0);
+        assert_eq!(points.len(), 38, "probationary rows are dropped");
+        let raw = score_at(&points, &cost, f64::MIN_POSITIVE);
+        assert!((raw - 0.725_214).abs() < 1e-5, "{raw}");
+        let null = null_score(&points, &cost);
+        assert_eq!(null, -1.0, "always alerting costs more than the window");
+        let norm = normalise(raw, null, 1.0).unwrap();
+        assert!((norm - 86.2607).abs() < 1e-3, "{norm}");
+        // A perfect detector: the window's first row only.
+        let mut perfect = vec![Some(1.0); 40];
+        perfect[4] = Some(-1.0);
+        let p = sweep_points(&perfect, &[(4, 6)], 2, &cost, 0);
+        assert!((score_at(&p, &cost, f64::MIN_POSITIVE) - 1.0).abs() < 1e-12);
+        assert_eq!(
+            normalise(0.0, 0.0, 0.0),
+            None,
+            "no window: nothing to normalise"
+        );
+    }
+
+    #[test]
+    fn the_sweep_finds_the_best_threshold_and_agrees_with_score_at() {
+        let cost = STANDARD_PROFILE;
+        let points = sweep_points(&tiny_example(), &[(4, 6)], 2, &cost, 0);
+        let all = scores_by_threshold(&points, &cost);
+        assert_eq!(all[0].threshold, f64::INFINITY);
+        assert_eq!(all[0].score, -1.0);
+        for ts in &all {
+            assert!((score_at(&points, &cost, ts.threshold) - ts.score).abs() < 1e-9);
+        }
+        // Best: alert only at row 5 (score -0.5, key 0.5).
+        let best = best_threshold(&points, &cost);
+        assert_eq!(best.threshold, 0.5);
+        assert!((best.score - 0.943_742).abs() < 1e-5, "{}", best.score);
+        assert_eq!((best.tp, best.fp), (1, 0));
+    }
+
+    #[test]
+    fn the_likelihood_is_decreasing_in_our_score() {
+        assert_eq!(likelihood(None), 0.0);
+        assert_eq!(likelihood(Some(0.0)), 0.5);
+        assert!(likelihood(Some(-0.3)) > likelihood(Some(-0.1)));
+        assert!(likelihood(Some(0.1)) < 0.5);
+        assert!((0.0..=1.0).contains(&likelihood(Some(-1e300))));
+    }
+
+    fn point(i: i64, v: f64) -> Point {
+        Point {
+            timestamp: t(i),
+            value: Some(v),
+            success: true,
+        }
+    }
+
+    #[test]
+    fn the_zscore_baseline_is_causal_and_alerts_above_three() {
+        let mut pts: Vec<Point> = (0..100)
+            .map(|i| point(i, if i % 2 == 0 { 10.0 } else { 12.0 }))
+            .collect();
+        pts[80].value = Some(30.0);
+        let s = zscore_scores(&pts, ZSCORE_WINDOW, ZSCORE_LIMIT);
+        assert_eq!((s[0], s[1]), (None, None));
+        assert!(s[79].is_some_and(|v| v > 0.0));
+        assert!(s[80].is_some_and(|v| v < 0.0));
+        // The future does not change the past.
+        let head = zscore_scores(&pts[..81], ZSCORE_WINDOW, ZSCORE_LIMIT);
+        assert_eq!(head[..], s[..81]);
+        // A change from a constant history is infinitely unusual.
+        let flat: Vec<Point> = (0..10)
+            .map(|i| point(i, if i == 9 { 1.0 } else { 0.0 }))
+            .collect();
+        assert_eq!(
+            zscore_scores(&flat, ZSCORE_WINDOW, ZSCORE_LIMIT)[9],
+            Some(f64::NEG_INFINITY)
+        );
+    }
+
+    #[test]
+    fn shifting_moves_only_series_with_negative_values() {
+        let pts = vec![point(0, -2.0), point(1, 3.0)];
+        let up = shift_nonnegative(&pts);
+        assert_eq!((up[0].value, up[1].value), (Some(0.0), Some(5.0)));
+        let pos = vec![point(0, 2.0)];
+        assert_eq!(shift_nonnegative(&pos), pos);
+    }
+
+    #[test]
+    fn par_map_keeps_the_input_order() {
+        let items: Vec<u64> = (0..50).collect();
+        assert_eq!(
+            par_map(&items, 2, |x| x * x),
+            items.iter().map(|x| x * x).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_malformed_windows_file_names_the_file_and_entry() {
+        let path = Path::new("w.json");
+        let err = parse_windows("[1, 2]", path).unwrap_err();
+        assert!(err.to_string().contains("w.json"), "{err}");
+        let err =
+            parse_windows(r#"{"a/b.csv": [["2014-01-01 00:00:00", "soon"]]}"#, path).unwrap_err();
+        assert!(
+            err.to_string().contains("`a/b.csv`") && err.to_string().contains("soon"),
+            "{err}"
+        );
+        let err = parse_windows(
+            r#"{"a/b.csv": [["2014-01-02 00:00:00", "2014-01-01 00:00:00"]]}"#,
+            path,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("ends before it starts"), "{err}");
+        let ok = parse_windows(
+            r#"{"a/b.csv": [["2014-01-01 00:00:00.000000", "2014-01-01 01:00:00.000000"]], "c/d.csv": []}"#,
+            path,
+        )
+        .unwrap();
+        assert_eq!(ok["a/b.csv"].len(), 1);
+        assert!(ok["c/d.csv"].is_empty());
+    }
+
+    #[test]
+    fn a_missing_directory_is_named() {
+        let err = load_corpus(Path::new("/no/such/nab"), Path::new("/no/such/w.json")).unwrap_err();
+        assert!(err.to_string().contains("/no/such/nab"), "{err}");
+    }
+
+    #[test]
+    fn the_pooled_forest_scores_every_series_once_it_has_a_model() {
+        let series: Vec<Vec<Point>> = (0..2)
+            .map(|k| {
+                (0..300)
+                    .map(|i| point(i, 100.0 + f64::from((i * 7 + k) as i32 % 13)))
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&[Point]> = series.iter().map(|s| s.as_slice()).collect();
+        let opts = OriginalOptions {
+            params: ModelParams {
+                n_trees: 10,
+                ..OriginalOptions::default().params
+            },
+            ..OriginalOptions::default()
+        };
+        let out = original_scores(&refs, &opts, 2);
+        // 120 pooled rows: 60 of each series, played in lockstep.
+        for s in &out {
+            assert!(s[..60].iter().all(Option::is_none));
+            assert!(s[60..].iter().all(Option::is_some));
+        }
+    }
 }

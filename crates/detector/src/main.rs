@@ -59,6 +59,14 @@ enum Command {
         /// Also write one row per detector and file to this CSV.
         #[arg(long, value_name = "FILE")]
         out_csv: Option<PathBuf>,
+        /// Run apimon through `replay` itself, without the training guard
+        /// (never returns on most realAWSCloudwatch files; see the docs).
+        #[arg(long)]
+        exact_replay: bool,
+        /// Measure a suggested change: shift-nonnegative, no-time-features,
+        /// skip-original (repeatable).
+        #[arg(long = "experiment", value_name = "NAME", hide = true)]
+        experiments: Vec<String>,
     },
 }
 
@@ -115,12 +123,31 @@ fn main() -> ExitCode {
             nab,
             windows,
             out_csv,
+            exact_replay,
+            experiments,
         }) => {
             let opts = match replay_options(&env) {
                 Ok(o) => o,
                 Err(e) => return config_error(e),
             };
-            detector::evaluate::run(&nab, windows.as_deref(), out_csv.as_deref(), &opts)
+            let variant = detector::evaluate::Variant {
+                exact_replay,
+                ..Default::default()
+            }
+            .with_experiments(&experiments);
+            match variant {
+                Ok(variant) => detector::evaluate::run(
+                    &nab,
+                    windows.as_deref(),
+                    out_csv.as_deref(),
+                    &variant,
+                    &opts,
+                ),
+                Err(e) => {
+                    eprintln!("detector evaluate: {e}");
+                    return ExitCode::from(CONFIG_EXIT_CODE as u8);
+                }
+            }
         }
     };
     match result {
