@@ -80,6 +80,14 @@ fn html_page(title: &str, body: &str, link: &str) -> String {
     )
 }
 
+/// `Key: value` lines, then the dashboard link.
+fn plain_rows(rows: &[(&str, String)], link: &str) -> String {
+    rows.iter()
+        .map(|(k, v)| format!("{k}: {v}\n"))
+        .chain(std::iter::once(format!("Dashboard: {link}\n")))
+        .collect()
+}
+
 fn table(rows: &[(&str, String)]) -> String {
     let mut s = String::from("<table cellpadding=\"4\" style=\"border-collapse:collapse\">");
     for (k, v) in rows {
@@ -140,11 +148,7 @@ pub fn alert(f: &AlertFacts, dashboard: &str) -> Message {
             ),
         ));
     }
-    let body_text: String = rows
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\n"))
-        .chain(std::iter::once(format!("Dashboard: {link}\n")))
-        .collect();
+    let body_text = plain_rows(&rows, &link);
     Message {
         kind: "alert",
         api_name: Some(f.api_name.clone()),
@@ -189,11 +193,7 @@ pub fn down(
         api_name: Some(api.to_string()),
         dedup_key: format!("down:{api}:{}", since.timestamp_micros()),
         subject: subject.clone(),
-        text: rows
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}\n"))
-            .chain(std::iter::once(format!("Dashboard: {link}\n")))
-            .collect(),
+        text: plain_rows(&rows, &link),
         html: html_page(&subject, &table(&rows), &link),
         payload: json!({
             "kind": "down", "api": api, "since": since, "failures": failures,
@@ -218,11 +218,7 @@ pub fn recovered(api: &str, since: DateTime<Utc>, at: DateTime<Utc>, dashboard: 
         api_name: Some(api.to_string()),
         dedup_key: format!("recovered:{api}:{}", since.timestamp_micros()),
         subject: subject.clone(),
-        text: rows
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}\n"))
-            .chain(std::iter::once(format!("Dashboard: {link}\n")))
-            .collect(),
+        text: plain_rows(&rows, &link),
         html: html_page(&subject, &table(&rows), &link),
         payload: json!({
             "kind": "recovered", "api": api, "since": since, "at": at,

@@ -74,13 +74,9 @@ async fn serve(cfg: AlerterConfig) -> anyhow::Result<()> {
     let Some((pool, _)) = db::connect_and_migrate(&cfg.db, &mut shutdown).await else {
         return Ok(());
     };
-    let health = apimon_core::health::Health::new(std::time::Duration::from_secs(30));
-    if let Some(addr) = cfg.http {
-        let metrics = apimon_core::health::install_metrics();
-        apimon_core::health::serve(addr, health.clone(), metrics, shutdown::signal())
-            .await
-            .map_err(|e| anyhow::anyhow!("listening on {addr} (ALERTER_HTTP_PORT): {e}"))?;
-    }
+    let health = apimon_core::health::start(cfg.http, "ALERTER_HTTP_PORT")
+        .await
+        .map_err(anyhow::Error::msg)?;
     alerter::service::run_with_health(cfg, pool, health, shutdown).await
 }
 

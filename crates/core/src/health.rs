@@ -123,6 +123,24 @@ async fn metrics_text(State(s): State<AppState>) -> (StatusCode, String) {
     }
 }
 
+/// What every binary does at start: a [`Health`] for its loop and, when
+/// `addr` is set, the metrics recorder and the `/healthz` + `/metrics`
+/// server (stopping on SIGTERM). `key` names the port's variable in errors.
+pub async fn start(addr: Option<SocketAddr>, key: &str) -> Result<Arc<Health>, String> {
+    let health = Health::new(Duration::from_secs(30));
+    if let Some(addr) = addr {
+        serve(
+            addr,
+            health.clone(),
+            install_metrics(),
+            crate::shutdown::signal(),
+        )
+        .await
+        .map_err(|e| format!("listening on {addr} ({key}): {e}"))?;
+    }
+    Ok(health)
+}
+
 /// Binds `addr` and serves `/healthz` and `/metrics` until `shutdown`.
 /// Returns the bound address (port 0 picks one).
 pub async fn serve(

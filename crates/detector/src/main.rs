@@ -179,13 +179,9 @@ async fn serve(cfg: DetectorConfig) -> anyhow::Result<()> {
     let Some((pool, _backend)) = db::connect_and_migrate(&cfg.db, &mut shutdown).await else {
         return Ok(());
     };
-    let health = apimon_core::health::Health::new(std::time::Duration::from_secs(30));
-    if let Some(addr) = cfg.http {
-        let metrics = apimon_core::health::install_metrics();
-        apimon_core::health::serve(addr, health.clone(), metrics, shutdown::signal())
-            .await
-            .with_context(|| format!("listening on {addr} (DETECTOR_HTTP_PORT)"))?;
-    }
+    let health = apimon_core::health::start(cfg.http, "DETECTOR_HTTP_PORT")
+        .await
+        .map_err(anyhow::Error::msg)?;
     detector::service::run_with_health(cfg, pool, health, shutdown).await?;
     Ok(())
 }

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use apimon_core::config::CONFIG_EXIT_CODE;
-use apimon_core::health::Health;
 use apimon_core::{db, shutdown, telemetry, Env};
 use clap::Parser;
 use pinger::config::PingerConfig;
@@ -65,13 +64,9 @@ async fn serve(cfg: PingerConfig, rounds: Option<u64>) -> anyhow::Result<()> {
         "connecting (the pinger keeps checking while the database is down)"
     );
     let pool = db::lazy_pool(&cfg.db);
-    let health = Health::new(std::time::Duration::from_secs(30));
-    if let Some(addr) = cfg.http {
-        let metrics = apimon_core::health::install_metrics();
-        apimon_core::health::serve(addr, health.clone(), metrics, shutdown::signal())
-            .await
-            .with_context(|| format!("listening on {addr} (PINGER_HTTP_PORT)"))?;
-    }
+    let health = apimon_core::health::start(cfg.http, "PINGER_HTTP_PORT")
+        .await
+        .map_err(anyhow::Error::msg)?;
     pinger::run_with_health(cfg, pool, rounds, health, shutdown::signal())
         .await
         .context("running the pinger")?;
