@@ -5,6 +5,8 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# Patched dependencies ([patch.crates-io] in Cargo.toml).
+COPY vendor vendor
 COPY crates/core/Cargo.toml crates/core/build.rs crates/core/
 COPY crates/pinger/Cargo.toml crates/pinger/
 COPY crates/detector/Cargo.toml crates/detector/
