@@ -18,7 +18,7 @@
 //! | `rolling_std`    | sample standard deviation (ddof = 1) of the last 10 rt         |
 //! | `z_score`        | `(rt - mean_60) / std_60` over the last 60 rt (current included, ddof = 1) |
 //! | `pct_deviation`  | `(rt - mean_10) / abs(mean_10) * 100`                          |
-//! | `rate_of_change` | `(rt_t - rt_{t-1}) / rt_{t-1}`, `rt_{t-1}` the previous success |
+//! | `rate_of_change` | `(rt_t - rt_{t-1}) / abs(rt_{t-1})`, `rt_{t-1}` the previous success |
 //! | `hour`           | hour of the timestamp in UTC, 0-23                             |
 //! | `weekday`        | day of the week in UTC, Monday = 0 .. Sunday = 6 (pandas `dayofweek`) |
 //!
@@ -53,6 +53,11 @@
 //! A "success" without a usable rt (`None`, NaN, infinite, negative or above
 //! [`MAX_RESPONSE_TIME_MS`]: data from outside can be anything) is treated
 //! as a failure too.
+//!
+//! Replaying a CSV of another metric ([`ValueDomain::AnyValue`]) takes
+//! negative values as values (`|v| <=` [`MAX_RESPONSE_TIME_MS`]); the `abs`
+//! in `pct_deviation` and `rate_of_change` keeps their sign meaning "above
+//! the reference" there, and changes nothing for response times.
 //!
 //! A failure is not scored by the forest but by [`failure_score`] of the
 //! number of consecutive failures so far (the state counts them; a success
@@ -206,14 +211,35 @@ pub struct FeatureState {
     window: VecDeque<f64>,
     /// Failures since the last success.
     consecutive_failures: u32,
+    /// What counts as a measurement.
+    domain: ValueDomain,
+}
+
+/// Which values are measurements; anything else is a failed check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ValueDomain {
+    /// Response times: finite, `0..=`[`MAX_RESPONSE_TIME_MS`]. A negative
+    /// response time is broken data, scored as a failure.
+    #[default]
+    ResponseTime,
+    /// Any metric (replaying a CSV of CPU, counts, temperatures...):
+    /// finite, `|v| <=` [`MAX_RESPONSE_TIME_MS`]; negative values are
+    /// values.
+    AnyValue,
 }
 
 impl FeatureState {
-    /// A state with no history.
+    /// A state with no history, for response times.
     pub fn new() -> FeatureState {
+        FeatureState::with_domain(ValueDomain::ResponseTime)
+    }
+
+    /// A state with no history, for values of `domain`.
+    pub fn with_domain(domain: ValueDomain) -> FeatureState {
         FeatureState {
             window: VecDeque::with_capacity(LONG_WINDOW),
             consecutive_failures: 0,
+            domain,
         }
     }
 
@@ -225,7 +251,7 @@ impl FeatureState {
         response_time_ms: Option<f64>,
         success: bool,
     ) -> Observed {
-        let Some(rt) = usable_rt(response_time_ms, success) else {
+        let Some(rt) = usable_rt(response_time_ms, success, self.domain) else {
             self.consecutive_failures = self.consecutive_failures.saturating_add(1);
             return Observed::Failed {
                 consecutive: self.consecutive_failures,
@@ -255,7 +281,7 @@ impl FeatureState {
             0.0
         };
         let rate_of_change = match previous {
-            Some(p) if p != 0.0 => (rt - p) / p,
+            Some(p) if p != 0.0 => (rt - p) / p.abs(),
             _ => 0.0,
         };
 
@@ -306,8 +332,12 @@ pub fn compute_series(
 }
 
 /// The rt of an observation if it counts as a success with a measurement.
-fn usable_rt(response_time_ms: Option<f64>, success: bool) -> Option<f64> {
-    response_time_ms.filter(|rt| success && (0.0..=MAX_RESPONSE_TIME_MS).contains(rt))
+fn usable_rt(response_time_ms: Option<f64>, success: bool, domain: ValueDomain) -> Option<f64> {
+    let low = match domain {
+        ValueDomain::ResponseTime => 0.0,
+        ValueDomain::AnyValue => -MAX_RESPONSE_TIME_MS,
+    };
+    response_time_ms.filter(|rt| success && (low..=MAX_RESPONSE_TIME_MS).contains(rt))
 }
 
 /// Mean and sample standard deviation (ddof = 1) of a non-empty window;
@@ -654,6 +684,27 @@ mod tests {
             let o = FeatureState::new().push(monday(), Some(rt), true);
             assert_eq!(scored(&o).rt, rt);
         }
+    }
+
+    #[test]
+    fn any_value_domain_takes_negative_values_as_values() {
+        let mut state = FeatureState::with_domain(ValueDomain::AnyValue);
+        state.push(monday(), Some(-4.0), true);
+        let o = state.push(monday(), Some(-2.0), true);
+        let f = scored(&o);
+        assert_eq!(f.rt, -2.0);
+        assert_eq!(f.rolling_mean, -3.0);
+        // Up from -4 to -2: +50% of |previous|, above the mean: positive.
+        assert_eq!(f.rate_of_change, 0.5);
+        assert!((f.pct_deviation - 100.0 / 3.0).abs() < 1e-12);
+        // Still refused: non-finite and absurd magnitudes.
+        for rt in [Some(f64::NAN), Some(-MAX_RESPONSE_TIME_MS * 2.0), None] {
+            let o = state.push(monday(), rt, true);
+            assert!(matches!(o, Observed::Failed { .. }), "{rt:?}");
+        }
+        // Response times keep refusing negative values.
+        let o = FeatureState::new().push(monday(), Some(-2.0), true);
+        assert!(matches!(o, Observed::Failed { .. }));
     }
 
     #[test]

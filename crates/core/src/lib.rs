@@ -5,6 +5,7 @@ pub mod apis;
 pub mod config;
 pub mod db;
 pub mod features;
+pub mod forest;
 pub mod health;
 pub mod model;
 pub mod shard;

@@ -4,11 +4,8 @@
 //! detectors, compared in the same run:
 //!
 //! - **apimon**: this detector, with the options from the environment (one
-//!   forest per series, retrained in data time). An alert is a row whose
-//!   score is below 0. It runs through [`replay_guarded`], a copy of
-//!   [`crate::replay::replay`] whose training is guarded against a hang in
-//!   `extended-isolation-forest` (see [`GuardedModel`]);
-//!   `--exact-replay` runs `replay` itself.
+//!   forest per series, retrained in data time), through
+//!   [`crate::replay::replay`] itself.
 //! - **zscore**: a rolling z-score over the previous [`ZSCORE_WINDOW`] values
 //!   (the current one excluded). An alert is `|z| > 3`.
 //! - **original**: the original Python system's method: ONE forest for all
@@ -31,13 +28,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use apimon_core::features::N_FEATURES;
+use apimon_core::features::{FeatureState, ValueDomain, N_FEATURES};
 use apimon_core::model::{Model, ModelParams, Thresholds};
 use chrono::{DateTime, Utc};
 
 use crate::config::TrainingPolicy;
 use crate::engine::ApiDetector;
-use crate::replay::{self, CsvError, Point, ReplayOptions};
+use crate::replay::{self, CsvError, Point, ReplayOptions, TimeFeatures};
 
 /// Threads the per-file and per-retrain work is spread over.
 pub const THREADS: usize = 2;
@@ -226,16 +223,13 @@ fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// suggested changes, all off by default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Variant {
-    /// apimon through [`replay::replay`] itself, without the training
-    /// guard of [`GuardedModel`] (never returns on most real series).
-    pub exact_replay: bool,
     /// `shift-nonnegative`: every series holding negative values is
-    /// shifted up so that its minimum is 0 (apimon reads a negative value
-    /// as a failed check), for all detectors.
+    /// shifted up so that its minimum is 0, for all detectors.
     pub shift_nonnegative: bool,
-    /// `no-time-features`: apimon with `hour` and `weekday` fixed at 0, in
-    /// training and scoring.
-    pub no_time_features: bool,
+    /// `no-time-features` / `always-time-features`: apimon with `hour` and
+    /// `weekday` never / always in the model (default: once the training
+    /// rows span [`apimon_core::model::SEASONAL_SPAN`]).
+    pub time_features: TimeFeatures,
     /// `skip-original`: leave the original detector out (most of the time).
     pub skip_original: bool,
 }
@@ -246,11 +240,12 @@ impl Variant {
         for name in names {
             match name.as_str() {
                 "shift-nonnegative" => self.shift_nonnegative = true,
-                "no-time-features" => self.no_time_features = true,
+                "no-time-features" => self.time_features = TimeFeatures::Never,
+                "always-time-features" => self.time_features = TimeFeatures::Always,
                 "skip-original" => self.skip_original = true,
                 other => {
                     return Err(format!(
-                        "unknown experiment `{other}` (known: shift-nonnegative, no-time-features, skip-original)"
+                        "unknown experiment `{other}` (known: shift-nonnegative, no-time-features, always-time-features, skip-original)"
                     ))
                 }
             }
@@ -259,22 +254,22 @@ impl Variant {
     }
 }
 
-/// apimon's own detector: through [`replay::replay`] itself with
-/// `exact_replay`, otherwise through [`replay_guarded`], the same loop with
-/// guarded training.
+/// apimon's own detector: [`replay::replay`] itself.
 pub fn apimon_scores(
     points: &[Point],
     opts: &ReplayOptions,
     variant: &Variant,
 ) -> Vec<Option<f64>> {
-    if variant.exact_replay {
-        replay::replay(points, opts)
-            .into_iter()
-            .map(|r| r.score)
-            .collect()
-    } else {
-        replay_guarded(points, opts, variant.no_time_features)
-    }
+    // NAB series are metrics of all kinds, some negative.
+    let opts = ReplayOptions {
+        time_features: variant.time_features,
+        domain: ValueDomain::AnyValue,
+        ..opts.clone()
+    };
+    replay::replay(points, &opts)
+        .into_iter()
+        .map(|r| r.score)
+        .collect()
 }
 
 /// The series moved up so that its smallest value is 0, if it has a
@@ -292,108 +287,6 @@ pub fn shift_nonnegative(points: &[Point]) -> Vec<Point> {
             ..p.clone()
         })
         .collect()
-}
-
-/// Grid of the training guard, in standard deviations of each feature.
-pub const GUARD_GRID: f64 = 1e-4;
-
-/// A [`Model`] trained and queried on rows rounded, feature by feature, to
-/// a grid of [`GUARD_GRID`] of that feature's (population) standard
-/// deviation over the training rows.
-///
-/// Why: `extended-isolation-forest` 0.2.3 draws each split with rand 0.8's
-/// `Uniform::new(min, max)`, whose constructor shrinks its scale one ulp at
-/// a time until `min + scale * max_rand < max` (rust-random/rand#1299).
-/// When a node's range is tiny next to its magnitude (rolling means of the
-/// same values summed in another order differ in the last bits) that takes
-/// about `|min| / (2 (max - min))` iterations: 1e12 and more, i.e. training
-/// never returns. Rounding to the grid makes such values equal (the crate
-/// then takes `min` without sampling) and keeps distinct ones at least
-/// 1e-4 standard deviations apart, a few milliseconds at worst; an
-/// Isolation Forest is blind to differences that small. Scored rows are
-/// rounded the same way: a split on a value all its samples share sends a
-/// row that differs by rounding noise to an empty leaf.
-pub struct GuardedModel {
-    pub model: Model,
-    grid: [f64; N_FEATURES],
-}
-
-impl GuardedModel {
-    pub fn train(
-        rows: &[[f64; N_FEATURES]],
-        params: &ModelParams,
-    ) -> Result<GuardedModel, apimon_core::model::ModelError> {
-        let scaler = apimon_core::model::Scaler::fit(rows);
-        let grid: [f64; N_FEATURES] = std::array::from_fn(|i| scaler.std[i] * GUARD_GRID);
-        let rounded: Vec<[f64; N_FEATURES]> = rows.iter().map(|r| round_to(r, &grid)).collect();
-        Ok(GuardedModel {
-            model: Model::train(&rounded, params)?,
-            grid,
-        })
-    }
-
-    /// [`Model::score`] of the rounded row.
-    pub fn score(&self, x: &[f64; N_FEATURES]) -> f64 {
-        self.model.score(&round_to(x, &self.grid))
-    }
-}
-
-fn round_to(x: &[f64; N_FEATURES], grid: &[f64; N_FEATURES]) -> [f64; N_FEATURES] {
-    std::array::from_fn(|i| (x[i] / grid[i]).round() * grid[i])
-}
-
-/// A scratch copy of [`replay::replay`] (same detector state, history
-/// window, cold start and retraining in data time) whose only change is
-/// that the model is a [`GuardedModel`] (and, with `no_time_features`,
-/// that `hour` and `weekday` are 0). Returns the scores.
-pub fn replay_guarded(
-    points: &[Point],
-    opts: &ReplayOptions,
-    no_time_features: bool,
-) -> Vec<Option<f64>> {
-    let features = |f: &apimon_core::features::Features| {
-        let mut a = f.to_array();
-        if no_time_features {
-            a[6] = 0.0;
-            a[7] = 0.0;
-        }
-        a
-    };
-    let mut det = ApiDetector::default();
-    let mut history: std::collections::VecDeque<(DateTime<Utc>, [f64; N_FEATURES])> =
-        std::collections::VecDeque::new();
-    let window = chrono::Duration::from_std(opts.policy.window).unwrap_or(chrono::Duration::MAX);
-    let mut model: Option<(GuardedModel, DateTime<Utc>)> = None;
-    let mut out = Vec::with_capacity(points.len());
-    for p in points {
-        // Without a model in `det`, a success comes back with its features
-        // and no score, a failure with its rule score.
-        let Some(v) = det.observe(p.timestamp, p.value, p.success, &opts.thresholds) else {
-            out.push(None);
-            continue;
-        };
-        match (&v.features, &model) {
-            (Some(f), Some((m, _))) => out.push(Some(m.score(&features(f)))),
-            _ => out.push(v.score),
-        }
-        if let Some(f) = &v.features {
-            history.push_back((p.timestamp, features(f)));
-        }
-        while history
-            .front()
-            .is_some_and(|(t, _)| p.timestamp.signed_duration_since(*t) > window)
-        {
-            history.pop_front();
-        }
-        let trained_at = model.as_ref().map(|(_, t)| *t);
-        if opts.policy.due(trained_at, p.timestamp, history.len()) {
-            let rows: Vec<[f64; N_FEATURES]> = history.iter().map(|(_, f)| *f).collect();
-            if let Ok(m) = GuardedModel::train(&rows, &opts.params) {
-                model = Some((m, p.timestamp));
-            }
-        }
-    }
-    out
 }
 
 /// A causal rolling z-score: `z` of each value against the mean and sample
@@ -477,7 +370,10 @@ pub fn original_scores(
     // (time since the series' start, series, row, features if a success)
     let mut merged = Vec::new();
     for (j, points) in series.iter().enumerate() {
-        let mut det = ApiDetector::default();
+        let mut det = ApiDetector {
+            state: FeatureState::with_domain(ValueDomain::AnyValue),
+            ..ApiDetector::default()
+        };
         let t0 = points.first().map(|p| p.timestamp);
         let mut scores = vec![None; points.len()];
         for (i, p) in points.iter().enumerate() {
@@ -529,11 +425,13 @@ pub fn original_scores(
     }
 
     let scored: Vec<Vec<(usize, usize, Option<f64>)>> = par_map(&fits, threads, |fit| {
-        match GuardedModel::train(&pooled[..fit.prefix], &opts.params) {
+        // The original's plain forest: every feature, and no extrapolation
+        // term (`offset - forest_score`, as scikit-learn).
+        match Model::train(&pooled[..fit.prefix], &opts.params) {
             Ok(model) => fit
                 .rows
                 .iter()
-                .map(|&(j, i, f)| (j, i, Some(model.score(&f))))
+                .map(|&(j, i, f)| (j, i, Some(model.offset - model.forest_score(&f))))
                 .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "original: training failed; rows left unscored");
@@ -890,8 +788,19 @@ pub fn normalise(raw: f64, null: f64, perfect: f64) -> Option<f64> {
 // ---------------------------------------------------------------------------
 // The run.
 
-/// The three detectors, in the order they are reported.
-pub const DETECTORS: [&str; 3] = ["apimon", "zscore", "original"];
+/// The detectors, in the order they are reported. `apimon-high` and
+/// `apimon-critical` are apimon's scores with the operating point at the
+/// `high` and `critical` thresholds (`ALERT_MIN_SEVERITY`: what would
+/// email someone): the scores moved up by `-SEVERITY_HIGH` and
+/// `-SEVERITY_CRITICAL`, so that "below 0" is "at least that severe". Their
+/// swept NAB score is apimon's.
+pub const DETECTORS: [&str; 5] = [
+    "apimon",
+    "apimon-high",
+    "apimon-critical",
+    "zscore",
+    "original",
+];
 
 /// One detector on one file.
 #[derive(Debug, Clone)]
@@ -928,18 +837,25 @@ pub fn evaluate(
     let mut timings = Vec::new();
     let started = Instant::now();
     let apimon = par_map(corpus, threads, |s| apimon_scores(&s.points, opts, variant));
-    timings.push((DETECTORS[0], started.elapsed()));
+    timings.push(("apimon", started.elapsed()));
+    let at = |threshold: f64| -> Vec<Vec<Option<f64>>> {
+        apimon
+            .iter()
+            .map(|scores| scores.iter().map(|s| s.map(|s| s - threshold)).collect())
+            .collect()
+    };
+    let (high, critical) = (at(opts.thresholds.high), at(opts.thresholds.critical));
     let started = Instant::now();
     let zscore = par_map(corpus, threads, |s| {
         zscore_scores(&s.points, ZSCORE_WINDOW, ZSCORE_LIMIT)
     });
-    timings.push((DETECTORS[1], started.elapsed()));
-    let mut runs = vec![apimon, zscore];
+    timings.push(("zscore", started.elapsed()));
+    let mut runs = vec![apimon, high, critical, zscore];
     if !variant.skip_original {
         let started = Instant::now();
         let all: Vec<&[Point]> = corpus.iter().map(|s| s.points.as_slice()).collect();
         runs.push(original_scores(&all, &OriginalOptions::default(), threads));
-        timings.push((DETECTORS[2], started.elapsed()));
+        timings.push(("original", started.elapsed()));
     }
 
     let mut results = Vec::new();
@@ -1028,12 +944,13 @@ pub fn report(results: &[FileResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Operating point: an alert is a row scored below 0 (apimon, original) or with |z| > {ZSCORE_LIMIT} (zscore).\n\
+        "Operating point: an alert is a row scored below 0 (apimon, original), below SEVERITY_HIGH (apimon-high)\n\
+         or SEVERITY_CRITICAL (apimon-critical), or with |z| > {ZSCORE_LIMIT} (zscore).\n\
          Alerts in the probationary period (first 15% of each file, at most {PROBATION_MAX_ROWS} rows) are not counted.\n"
     );
     let _ = writeln!(
         s,
-        "{:<22} {:<9} {:>5} {:>7} {:>9} {:>6} {:>10} {:>13}",
+        "{:<22} {:<15} {:>5} {:>7} {:>9} {:>6} {:>10} {:>13}",
         "category", "detector", "files", "rows", "caught", "FP", "FP/1k rows", "median delay"
     );
     for category in &categories {
@@ -1043,7 +960,7 @@ pub fn report(results: &[FileResult]) -> String {
             };
             let _ = writeln!(
                 s,
-                "{:<22} {:<9} {:>5} {:>7} {:>9} {:>6} {:>10.1} {:>13}",
+                "{:<22} {:<15} {:>5} {:>7} {:>9} {:>6} {:>10.1} {:>13}",
                 category,
                 detector,
                 g.files,
@@ -1066,7 +983,7 @@ pub fn report(results: &[FileResult]) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<9} {:>10} {:>7} {:>7} {:>7} {:>7}  {:<22} {:>9} {:>9}",
+        "{:<15} {:>10} {:>7} {:>7} {:>7} {:>7}  {:<22} {:>9} {:>9}",
         "detector", "s*", "l*", "TP rows", "FP rows", "raw", "category", "swept", "at 0"
     );
     for detector in DETECTORS {
@@ -1076,7 +993,7 @@ pub fn report(results: &[FileResult]) -> String {
         let best = best_threshold(&overall.points, &STANDARD_PROFILE);
         let s_star = -best.threshold;
         let head = format!(
-            "{:<9} {:>10} {:>7.4} {:>7} {:>7} {:>7.2}",
+            "{:<15} {:>10} {:>7.4} {:>7} {:>7} {:>7.2}",
             detector,
             format!("{s_star:.4}"),
             likelihood(Some(s_star)),
@@ -1096,7 +1013,7 @@ pub fn report(results: &[FileResult]) -> String {
             let at_zero = g.nab_at(f64::MIN_POSITIVE);
             let _ = writeln!(
                 s,
-                "{:<50}  {:<22} {:>9} {:>9}",
+                "{:<56}  {:<22} {:>9} {:>9}",
                 if n == 0 { head.as_str() } else { "" },
                 category,
                 show(g.nab_at(best.threshold)),
@@ -1188,12 +1105,6 @@ pub fn run(
     if *variant != Variant::default() {
         let _ = writeln!(text, "Variant: {variant:?}\n");
     }
-    text.push_str(if variant.exact_replay {
-        "apimon through detector::replay::replay itself (--exact-replay).\n\n"
-    } else {
-        "apimon through replay_guarded: replay with training rows rounded to 1e-4 std (works around the\n\
-         rand 0.8 Uniform::new hang in extended-isolation-forest 0.2.3; --exact-replay to disable).\n\n"
-    });
     text.push_str(&report(&results));
     let _ = writeln!(
         text,

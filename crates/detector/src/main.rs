@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use apimon_core::config::CONFIG_EXIT_CODE;
+use apimon_core::features::ValueDomain;
 use apimon_core::{db, shutdown, telemetry, DbConfig, Env};
 use clap::{Parser, Subcommand};
 use detector::config::{self, DetectorConfig};
@@ -45,6 +46,11 @@ enum Command {
         /// End (exclusive).
         #[arg(long)]
         to: Option<String>,
+        /// Treat the CSV's values as response times: a negative value is a
+        /// failed check (as in api_metrics). By default a CSV may hold any
+        /// metric and negative values are values.
+        #[arg(long, requires = "csv")]
+        response_times: bool,
     },
     /// Replay the NAB corpus through apimon, a rolling z-score and the
     /// original pooled forest; print windows caught, false positives,
@@ -59,12 +65,8 @@ enum Command {
         /// Also write one row per detector and file to this CSV.
         #[arg(long, value_name = "FILE")]
         out_csv: Option<PathBuf>,
-        /// Run apimon through `replay` itself, without the training guard
-        /// (never returns on most realAWSCloudwatch files; see the docs).
-        #[arg(long)]
-        exact_replay: bool,
         /// Measure a suggested change: shift-nonnegative, no-time-features,
-        /// skip-original (repeatable).
+        /// always-time-features, skip-original (repeatable).
         #[arg(long = "experiment", value_name = "NAME", hide = true)]
         experiments: Vec<String>,
     },
@@ -99,11 +101,15 @@ fn main() -> ExitCode {
             api,
             from,
             to,
+            response_times,
         }) => {
-            let opts = match replay_options(&env) {
+            let mut opts = match replay_options(&env) {
                 Ok(o) => o,
                 Err(e) => return config_error(e),
             };
+            if csv.is_some() && !response_times {
+                opts.domain = ValueDomain::AnyValue;
+            }
             match (csv, api) {
                 (Some(path), _) => replay_csv(&path, &time_col, &value_col, &opts),
                 (None, Some(api)) => {
@@ -123,18 +129,13 @@ fn main() -> ExitCode {
             nab,
             windows,
             out_csv,
-            exact_replay,
             experiments,
         }) => {
             let opts = match replay_options(&env) {
                 Ok(o) => o,
                 Err(e) => return config_error(e),
             };
-            let variant = detector::evaluate::Variant {
-                exact_replay,
-                ..Default::default()
-            }
-            .with_experiments(&experiments);
+            let variant = detector::evaluate::Variant::default().with_experiments(&experiments);
             match variant {
                 Ok(variant) => detector::evaluate::run(
                     &nab,
@@ -169,6 +170,7 @@ fn replay_options(env: &Env) -> Result<ReplayOptions, apimon_core::ConfigError> 
         params: config::model_params(env)?,
         thresholds: config::thresholds(env)?,
         policy: config::policy(env)?,
+        ..ReplayOptions::default()
     })
 }
 

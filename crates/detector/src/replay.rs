@@ -7,8 +7,8 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use apimon_core::features::N_FEATURES;
-use apimon_core::model::{Model, ModelParams, Severity, Thresholds};
+use apimon_core::features::{FeatureState, ValueDomain, N_FEATURES};
+use apimon_core::model::{ignored_features, Model, ModelParams, Severity, Thresholds};
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use crate::config::TrainingPolicy;
@@ -39,13 +39,33 @@ pub struct ReplayOptions {
     pub params: ModelParams,
     pub thresholds: Thresholds,
     pub policy: TrainingPolicy,
+    /// When `hour` and `weekday` enter the model (for measurements; the
+    /// service always uses [`TimeFeatures::Auto`]).
+    pub time_features: TimeFeatures,
+    /// Which values are measurements: response times (api_metrics, the
+    /// default) or any metric (a CSV).
+    pub domain: ValueDomain,
+}
+
+/// When `hour` and `weekday` enter the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TimeFeatures {
+    /// Once the training rows span [`apimon_core::model::SEASONAL_SPAN`],
+    /// as the streaming detector does.
+    #[default]
+    Auto,
+    Never,
+    Always,
 }
 
 /// Streams `points` (in time order) through the detector. Points that are
 /// not after the previous one (duplicates, a clock going back) are passed
 /// through unscored, so the output has one row per input row.
 pub fn replay(points: &[Point], opts: &ReplayOptions) -> Vec<Scored> {
-    let mut det = ApiDetector::default();
+    let mut det = ApiDetector {
+        state: FeatureState::with_domain(opts.domain),
+        ..ApiDetector::default()
+    };
     let mut history: VecDeque<(DateTime<Utc>, [f64; N_FEATURES])> = VecDeque::new();
     let window = chrono::Duration::from_std(opts.policy.window).unwrap_or(chrono::Duration::MAX);
     let mut version = 0;
@@ -78,7 +98,16 @@ pub fn replay(points: &[Point], opts: &ReplayOptions) -> Vec<Scored> {
         let trained_at = det.model.as_ref().map(|m| m.trained_at);
         if opts.policy.due(trained_at, p.timestamp, history.len()) {
             let rows: Vec<[f64; N_FEATURES]> = history.iter().map(|(_, f)| *f).collect();
-            match Model::train(&rows, &opts.params) {
+            let span = match (history.front(), history.back()) {
+                (Some((a, _)), Some((b, _))) => *b - *a,
+                _ => chrono::Duration::zero(),
+            };
+            let ignored = match opts.time_features {
+                TimeFeatures::Auto => ignored_features(span),
+                TimeFeatures::Never => ignored_features(chrono::Duration::zero()),
+                TimeFeatures::Always => [false; N_FEATURES],
+            };
+            match Model::train_without(&rows, &opts.params, ignored) {
                 Ok(model) => {
                     version += 1;
                     det.model = Some(ActiveModel {
@@ -226,6 +255,39 @@ mod tests {
             .filter_map(|r| r.score)
             .fold(f64::INFINITY, f64::min);
         assert_eq!(spike.score, Some(lowest), "the spike ranks lowest");
+    }
+
+    #[test]
+    fn negative_values_are_values_for_any_metric_and_failures_for_response_times() {
+        // A signal around 0 (as NAB's art_daily_flatmiddle): shifted down.
+        let pts: Vec<Point> = series(400, -1)
+            .into_iter()
+            .map(|p| Point {
+                value: p.value.map(|v| v - 130.0),
+                ..p
+            })
+            .collect();
+        assert!(pts.iter().filter(|p| p.value < Some(0.0)).count() > 100);
+        let any = replay(
+            &pts,
+            &ReplayOptions {
+                domain: ValueDomain::AnyValue,
+                ..ReplayOptions::default()
+            },
+        );
+        let critical = any
+            .iter()
+            .filter(|r| r.severity == Some(Severity::Critical))
+            .count();
+        assert!(critical < 20, "{critical} critical rows on a quiet series");
+        let latency = replay(&pts, &ReplayOptions::default());
+        let down = latency
+            .iter()
+            .zip(&pts)
+            .filter(|(r, p)| p.value < Some(0.0) && r.severity >= Some(Severity::High))
+            .count();
+        let negative = pts.iter().filter(|p| p.value < Some(0.0)).count();
+        assert_eq!(down, negative, "every negative response time is a failure");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use apimon_core::db;
 use apimon_core::features::{compute_series, N_FEATURES};
-use apimon_core::model::Model;
+use apimon_core::model::{ignored_features, Model};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
@@ -90,16 +90,27 @@ impl Trainer {
         let rows =
             db::metrics::series_since(&self.pool, api, window_start(now, self.cfg.policy.window))
                 .await?;
+        let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.0).collect();
+        let mut first_last = None;
         let features: Vec<[f64; N_FEATURES]> = compute_series(rows)
             .iter()
-            .filter_map(|o| o.features().map(|f| f.to_array()))
+            .zip(times)
+            .filter_map(|(o, t)| {
+                let f = o.features()?;
+                first_last = Some((first_last.map_or(t, |(a, _)| a), t));
+                Some(f.to_array())
+            })
             .collect();
         if features.len() < self.cfg.policy.min_samples {
             return Ok(());
         }
+        let span = first_last.map_or(chrono::Duration::zero(), |(a, b)| b - a);
+        let ignored = ignored_features(span);
         let params = self.cfg.params.clone();
         let started = std::time::Instant::now();
-        let trained = tokio::task::spawn_blocking(move || Model::train(&features, &params)).await;
+        let trained =
+            tokio::task::spawn_blocking(move || Model::train_without(&features, &params, ignored))
+                .await;
         let model = match trained {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::model::{Model, ModelError, ModelParams, Scaler};
+use crate::model::{ForestFormat, Model, ModelError, ModelParams, Scaler};
 
 /// A model with its identity.
 #[derive(Debug)]
@@ -19,6 +19,14 @@ pub struct StoredModel {
 struct Params {
     params: ModelParams,
     scaler: Scaler,
+    /// How `forest` is encoded; models stored before the field existed
+    /// hold the crate's own form.
+    #[serde(default = "crate_format")]
+    forest_format: ForestFormat,
+}
+
+fn crate_format() -> ForestFormat {
+    ForestFormat::Crate
 }
 
 /// Why a stored model could not be used.
@@ -37,12 +45,13 @@ pub async fn save(
     trained_at: DateTime<Utc>,
     model: &Model,
 ) -> Result<i64, ModelSaveError> {
+    let (forest_format, forest) = model.forest_bytes()?;
     let params = serde_json::to_value(Params {
         params: model.params.clone(),
         scaler: model.scaler.clone(),
+        forest_format,
     })
     .map_err(|e| ModelSaveError::Encode(e.to_string()))?;
-    let forest = model.forest_bytes()?;
     let version = sqlx::query_scalar(
         r#"
         INSERT INTO models (api_name, version, trained_at, sample_count, score_offset, params, forest)
@@ -118,6 +127,7 @@ fn decode(row: Row) -> Result<StoredModel, LoadError> {
         p.scaler,
         offset,
         usize::try_from(sample_count).unwrap_or(0),
+        p.forest_format,
         &forest,
     )
     .map_err(|e| corrupt(e.to_string()))?;
