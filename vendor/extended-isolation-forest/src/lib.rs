@@ -157,6 +157,18 @@ where
     }
 
     /// compute anomaly score for an item
+    /// Patched (see PATCHES.md): the average path length normalisation
+    /// `c(sample_size)` of [`Forest::score`].
+    pub fn avg_path_length_c(&self) -> f64 {
+        self.avg_path_length_c
+    }
+
+    /// Patched (see PATCHES.md): the root of each trained tree, read-only,
+    /// so that a forest can be copied into another representation.
+    pub fn roots(&self) -> impl Iterator<Item = &Node<T, N>> {
+        self.trees.iter().map(|t| &t.root)
+    }
+
     pub fn score(&self, values: &[T; N]) -> f64 {
         let path_length: f64 = self.trees.iter().map(|tree| tree.path_length(values)).sum();
 
@@ -169,33 +181,33 @@ where
 }
 
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-enum Node<T, const N: usize> {
+pub enum Node<T, const N: usize> {
     Ex(ExNode),
     In(InNode<T, N>),
 }
 
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-struct InNode<T, const N: usize> {
+pub struct InNode<T, const N: usize> {
     /// Left child node.
-    left: Box<Node<T, N>>,
+    pub left: Box<Node<T, N>>,
 
     /// Right child node.
-    right: Box<Node<T, N>>,
+    pub right: Box<Node<T, N>>,
 
     /// Normal vector at the root of this tree, which is used in
     /// creating hyperplanes for splitting criteria
     #[cfg_attr(feature = "serde", serde(with = "serde_array"))]
-    n: [T; N],
+    pub n: [T; N],
 
     /// Intercept point through which the hyperplane passes.
     #[cfg_attr(feature = "serde", serde(with = "serde_array"))]
-    p: [T; N],
+    pub p: [T; N],
 }
 
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-struct ExNode {
+pub struct ExNode {
     /// Size of the dataset present at the node.
-    num_samples: usize,
+    pub num_samples: usize,
 }
 
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
