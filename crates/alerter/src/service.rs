@@ -92,6 +92,7 @@ pub async fn run_with_health(
                 }
             }
             Err(e) => {
+                health.set_db(false);
                 tracing::warn!(error.message = %e, error.cause_chain = ?e, "alerter pass failed; will retry")
             }
         }
