@@ -48,7 +48,13 @@ impl Baselines {
         api: &str,
         until: DateTime<Utc>,
     ) -> Result<Option<Baseline>, sqlx::Error> {
-        if let Some(e) = self.cache.get(api).filter(|e| e.usable(until)) {
+        // A cached absence of baseline is not trusted: history may have
+        // come in since.
+        if let Some(e) = self
+            .cache
+            .get(api)
+            .filter(|e| e.value.is_some() && e.usable(until))
+        {
             return Ok(e.value);
         }
         let value = self.load(pool, Some(api), until).await?.get(api).copied();
@@ -63,13 +69,22 @@ impl Baselines {
         Ok(value)
     }
 
-    /// Baselines of every API from data before `until`.
+    /// Baselines of the APIs of `apis` that have history before `until`.
+    /// The cache serves only when it holds a baseline for every one of
+    /// them; otherwise (an API without history then, or only looked up by
+    /// [`Baselines::get`] for an earlier time) all are loaded again.
     pub async fn all(
         &mut self,
         pool: &PgPool,
+        apis: &[String],
         until: DateTime<Utc>,
     ) -> Result<HashMap<String, Baseline>, sqlx::Error> {
-        let usable = !self.cache.is_empty() && self.cache.values().all(|e| e.usable(until));
+        let usable = !apis.is_empty()
+            && apis.iter().all(|a| {
+                self.cache
+                    .get(a)
+                    .is_some_and(|e| e.value.is_some() && e.usable(until))
+            });
         if !usable {
             let all = self.load(pool, None, until).await?;
             let computed = Instant::now();
@@ -86,10 +101,9 @@ impl Baselines {
                 .collect();
             return Ok(all);
         }
-        Ok(self
-            .cache
+        Ok(apis
             .iter()
-            .filter_map(|(k, e)| e.value.map(|b| (k.clone(), b)))
+            .filter_map(|a| self.cache.get(a)?.value.map(|b| (a.clone(), b)))
             .collect())
     }
 

@@ -106,7 +106,8 @@ pub async fn build(
     for (a, s, n) in counts {
         sev.insert((a, s), n);
     }
-    let base = baselines.all(pool, start).await?;
+    let apis: Vec<String> = stats.iter().map(|s| s.0.clone()).collect();
+    let base = baselines.all(pool, &apis, start).await?;
     let get = |a: &str, s: &str| {
         sev.get(&(a.to_string(), s.to_string()))
             .copied()

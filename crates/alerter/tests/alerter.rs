@@ -509,6 +509,56 @@ async fn a_status_report_lists_one_slow_one_down_and_six_healthy_apis() {
 }
 
 #[tokio::test]
+async fn a_report_has_the_baselines_of_young_apis_even_after_an_alert_looked_further_back() {
+    let names = ["young", "other"];
+    let db = database(&names).await;
+    let cfg = env(&db, None, &[("ALERT_CHECK_INTERVAL", "300".into())]);
+    let end = alerter::report::last_period_end(Utc::now(), Duration::from_secs(300));
+    let begin = end - chrono::Duration::seconds(300);
+    // Ten minutes of history at 100 ms, then a period at 400 ms.
+    let mut rows = Vec::new();
+    for n in names {
+        for i in 0..40 {
+            rows.push(metric(
+                n,
+                begin - chrono::Duration::seconds(15 * (i + 1)),
+                Some(100.0),
+            ));
+        }
+        for i in 0..20 {
+            rows.push(metric(
+                n,
+                begin + chrono::Duration::seconds(15 * i),
+                Some(400.0),
+            ));
+        }
+    }
+    db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
+    let mut baselines = alerter::baseline::Baselines::new(cfg.baseline_window);
+    // An alert judges against the history 15 minutes before it: none yet.
+    let early = begin - chrono::Duration::minutes(15);
+    assert!(baselines
+        .get(&db.pool, "young", early)
+        .await
+        .unwrap()
+        .is_none());
+
+    let report = alerter::report::build(&db.pool, &cfg, &mut baselines, begin, end)
+        .await
+        .unwrap();
+    for r in &report.rows {
+        assert_eq!(r.baseline.map(|b| b.p95_ms), Some(100.0), "{}", r.api_name);
+        assert_eq!(r.status, alerter::compose::Status::Slow, "{}", r.api_name);
+    }
+    // And a later alert finds the history that came in since.
+    assert!(baselines
+        .get(&db.pool, "young", begin)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test]
 async fn webhooks_receive_slack_teams_and_generic_json() {
     let db = database(&["api-a"]).await;
     let hooks = HttpServer::start().await;
