@@ -5,9 +5,11 @@
 //! PostgreSQL cluster that this process starts once (and that a watchdog
 //! stops and deletes when the process exits). [`PgCluster`] starts a
 //! dedicated cluster, for tests that stop and restart the database.
+//! [`procs`] runs the workspace's binaries as separate processes.
 
 pub mod http;
 mod pg;
+pub mod procs;
 pub mod smtp;
 
 use std::sync::atomic::{AtomicU32, Ordering};
