@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use apimon_core::db::anomalies::AnomalyRow;
 use apimon_core::features::{FeatureState, Features, Observed};
-use apimon_core::model::{Model, Severity, Thresholds};
+use apimon_core::model::{Model, SeenRange, Severity, Thresholds};
 use chrono::{DateTime, Utc};
 
 /// The current model of an API, shared with the trainer.
@@ -41,6 +41,10 @@ pub struct ApiDetector {
     /// Timestamp of the last observation taken; older or equal ones are
     /// refused (duplicates, a clock that went back).
     pub last_timestamp: Option<DateTime<Utc>>,
+    /// What the current model has seen, with that model's version and
+    /// training time (see `Model::score_seen`); starts again at each new
+    /// model.
+    pub seen: Option<(ModelId, SeenRange)>,
 }
 
 impl ApiDetector {
@@ -69,7 +73,7 @@ impl ApiDetector {
         let (score, features, consecutive, version) = match observed {
             Observed::Scored(f) => match &self.model {
                 Some(m) => (
-                    Some(m.model.score(&f.to_array())),
+                    Some(score_seen(m, &mut self.seen, &f.to_array())),
                     Some(f),
                     0,
                     Some(m.version),
@@ -93,6 +97,22 @@ impl ApiDetector {
             model_version: version,
         })
     }
+}
+
+/// Which model a seen range belongs to.
+pub type ModelId = (i64, DateTime<Utc>);
+
+/// `Model::score_seen` with the seen range of model `m`.
+fn score_seen(
+    m: &ActiveModel,
+    seen: &mut Option<(ModelId, SeenRange)>,
+    x: &[f64; apimon_core::features::N_FEATURES],
+) -> f64 {
+    let id = (m.version, m.trained_at);
+    let mut range = seen.take().filter(|(of, _)| *of == id).map(|(_, r)| r);
+    let score = m.model.score_seen(x, &mut range);
+    *seen = range.map(|r| (id, r));
+    score
 }
 
 impl Verdict {
@@ -215,6 +235,28 @@ mod tests {
         assert_eq!(v.severity, Some(Severity::Critical), "{:?}", v.score);
         let row = v.anomaly("api", None).unwrap();
         assert_eq!(row.model_version, Some(3));
+        // The same level again has been seen by this model: no longer
+        // critical. A new model has seen nothing yet: critical again.
+        let again = d.observe(t(2002), Some(1000.0), true, &th).unwrap();
+        assert!(
+            again.score > v.score,
+            "{:?} then {:?}",
+            v.score,
+            again.score
+        );
+        let model = d.model.clone().unwrap();
+        d.model = Some(ActiveModel {
+            version: 4,
+            trained_at: t(2002),
+            ..model
+        });
+        let fresh = d.observe(t(2003), Some(1000.0), true, &th).unwrap();
+        assert_eq!(
+            fresh.severity,
+            Some(Severity::Critical),
+            "{:?}",
+            fresh.score
+        );
         assert!(row.details.contains("1000 ms"), "{}", row.details);
         assert_eq!(row.features.unwrap()["rt"], 1000.0);
     }
