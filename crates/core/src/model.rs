@@ -13,7 +13,7 @@
 use extended_isolation_forest::{Forest, ForestOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::features::N_FEATURES;
+use crate::features::{ValueDomain, N_FEATURES};
 use crate::forest::{CompactError, CompactForest};
 
 /// Training parameters (`N_ESTIMATORS`, `MAX_SAMPLES`, `CONTAMINATION`,
@@ -60,6 +60,11 @@ pub struct Scaler {
     /// for [`Model::extrapolation`]. `None` in models stored before it.
     #[serde(default)]
     pub range: Option<([f64; N_FEATURES], [f64; N_FEATURES])>,
+    /// For response times, the practical unit of each feature, in standard
+    /// deviations (see [`practical_units`]); `None` for other metrics and
+    /// for models stored before it.
+    #[serde(default)]
+    pub margin: Option<[f64; N_FEATURES]>,
 }
 
 impl Scaler {
@@ -97,6 +102,7 @@ impl Scaler {
             std,
             ignored,
             range: None,
+            margin: None,
         };
         let scaled: Vec<[f64; N_FEATURES]> = rows.iter().map(|r| scaler.apply(r)).collect();
         let mut lo = [f64::INFINITY; N_FEATURES];
@@ -161,6 +167,55 @@ pub fn ignored_features(span: chrono::Duration) -> [bool; N_FEATURES] {
     }
     ignored
 }
+
+/// What a training knows beyond its rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrainingSpec {
+    /// Features left out (see [`ignored_features`]).
+    pub ignored: [bool; N_FEATURES],
+    /// What the values are: response times get a practical margin before a
+    /// value counts as beyond the range (see [`practical_units`]).
+    pub domain: ValueDomain,
+}
+
+/// The practical unit of each feature for response times, in the
+/// feature's standard deviations: the larger of the standard deviation and
+/// what "one more mean response time" means for the feature: the mean
+/// response time for `rt`, `rolling_mean` and `rolling_std` (at least
+/// 1 ms), 100 for `pct_deviation`, 1 for `rate_of_change`. A value counts
+/// as beyond the range only past the range widened by
+/// [`PRACTICAL_MARGIN_UNITS`] units on each side, and the distance is
+/// counted in units. `z_score` does not count (unit 0): it is
+/// bounded (`|z| <= 59 / sqrt(60)`, about 7.6), so a 3 ms hiccup on a quiet
+/// API and a ten times slower check both reach the bound; how unusual it
+/// is, the forest already says.
+///
+/// Why: an API that answers in 41 ms +- 0.3 ms and once takes 44 ms is ten
+/// standard deviations off, and its forest rightly finds that unusual
+/// (medium or high: the forest's score saturates there); but a person
+/// should be paged when it is several times slower, not 3 ms slower. With
+/// the margin a check is pushed past the forest's score from about 3x the
+/// usual response time, and is critical by it from about 3.5-4x (a 10x
+/// slower check is 8 units out). Any metric replayed from a CSV
+/// ([`ValueDomain::AnyValue`]) has no margin: past the range counts in
+/// standard deviations, which is what ranks best on NAB.
+pub fn practical_units(scaler: &Scaler) -> [f64; N_FEATURES] {
+    let level = scaler.mean[0].abs().max(1.0);
+    // 0 marks a feature that does not count: `z_score`, and the cyclic
+    // `hour` and `weekday` (which never count anyway). JSON has no infinity.
+    let floors = [level, level, level, 0.0, 100.0, 1.0, 0.0, 0.0];
+    std::array::from_fn(|i| {
+        if floors[i] > 0.0 {
+            (floors[i] / scaler.std[i]).max(1.0)
+        } else {
+            0.0
+        }
+    })
+}
+
+/// How many practical units a response time's range is widened by on each
+/// side (see [`practical_units`]).
+pub const PRACTICAL_MARGIN_UNITS: f64 = 2.0;
 
 /// Training rows used to set the offset: at most this many, evenly spaced.
 /// The share of training rows below 0 then has a binomial standard error
@@ -231,17 +286,17 @@ pub enum ForestFormat {
 }
 
 impl Model {
-    /// Trains on `rows` (feature vectors, unscaled) with every feature.
+    /// Trains on `rows` (feature vectors of response times, unscaled) with
+    /// every feature.
     pub fn train(rows: &[[f64; N_FEATURES]], params: &ModelParams) -> Result<Model, ModelError> {
-        Model::train_without(rows, params, [false; N_FEATURES])
+        Model::train_for(rows, params, &TrainingSpec::default())
     }
 
-    /// Trains on `rows`, leaving out the features where `ignored` is true
-    /// (see [`ignored_features`]).
-    pub fn train_without(
+    /// Trains on `rows` as `spec` says.
+    pub fn train_for(
         rows: &[[f64; N_FEATURES]],
         params: &ModelParams,
-        ignored: [bool; N_FEATURES],
+        spec: &TrainingSpec,
     ) -> Result<Model, ModelError> {
         if params.n_trees == 0 || params.max_samples < 2 {
             return Err(ModelError::Params(
@@ -269,7 +324,10 @@ impl Model {
         if rows.iter().flatten().any(|v| !v.is_finite()) {
             return Err(ModelError::NonFinite);
         }
-        let (scaler, scaled) = Scaler::fit_apply(rows, ignored);
+        let (mut scaler, scaled) = Scaler::fit_apply(rows, spec.ignored);
+        if spec.domain == ValueDomain::ResponseTime {
+            scaler.margin = Some(practical_units(&scaler));
+        }
         let options = ForestOptions {
             n_trees: params.n_trees,
             sample_size: params.max_samples.min(rows.len()),
@@ -325,8 +383,10 @@ impl Model {
     }
 
     /// How far `x` lies beyond the training range, in training standard
-    /// deviations: the largest distance over the features other than
-    /// `hour` and `weekday` (cyclic: a new hour is not "further").
+    /// deviations (for response times: beyond the range widened by the
+    /// practical margin, in practical units, see [`practical_units`]): the
+    /// largest distance over the features other than `hour` and `weekday`
+    /// (cyclic: a new hour is not "further").
     ///
     /// An Isolation Forest cannot tell a point just past the largest
     /// training value from one a hundred times past it: cuts are drawn
@@ -352,7 +412,14 @@ impl Model {
             if SEASONAL_FEATURES.contains(&i) || self.scaler.ignored[i] {
                 continue;
             }
-            d = d.max(z[i] - hi[i]).max(lo[i] - z[i]);
+            let mut e = (z[i] - hi[i]).max(lo[i] - z[i]);
+            if let Some(m) = &self.scaler.margin {
+                if !(m[i] > 0.0) {
+                    continue;
+                }
+                e = (e - PRACTICAL_MARGIN_UNITS * m[i]) / m[i];
+            }
+            d = d.max(e);
         }
         d
     }
@@ -644,9 +711,14 @@ mod tests {
         let m = Model::train(&rows, &ModelParams::default()).unwrap();
         let (format, bytes) = m.forest_bytes().unwrap();
         assert_eq!(format, ForestFormat::Compact);
+        // The scaler goes through JSON in the models table: no infinity, no
+        // NaN, nothing lost.
+        let json = serde_json::to_string(&m.scaler).unwrap();
+        let scaler: Scaler = serde_json::from_str(&json).unwrap();
+        assert_eq!(scaler, m.scaler, "{json}");
         let back = Model::from_parts(
             m.params.clone(),
-            m.scaler.clone(),
+            scaler,
             m.offset,
             m.sample_count,
             format,
@@ -656,6 +728,9 @@ mod tests {
         for r in rows.iter().take(50) {
             assert_eq!(m.score(r), back.score(r));
         }
+        let far = [1e6; N_FEATURES];
+        assert_eq!(m.score(&far), back.score(&far));
+        assert!(m.score(&far) < -0.2);
         assert!(Model::from_parts(
             m.params.clone(),
             m.scaler.clone(),
@@ -764,7 +839,9 @@ mod tests {
         let m = Model::train(&rows, &ModelParams::default()).unwrap();
         let t = Thresholds::default();
         let slow = probe(&state, 400.0);
-        assert!(m.extrapolation(&slow) > 10.0, "{}", m.extrapolation(&slow));
+        // 400 ms is (400 - 40.5 - 2 x 40) / 40 = 7 practical units past
+        // the range widened by the margin.
+        assert!(m.extrapolation(&slow) > 6.0, "{}", m.extrapolation(&slow));
         let score = m.score(&slow);
         assert_eq!(t.classify(score), Some(Severity::Critical), "score {score}");
         let ordinary = m.score(&probe(&state, 40.1));
@@ -788,8 +865,6 @@ mod tests {
             assert!(w[1] <= w[0], "{scores:?}");
         }
         assert!(scores[4] < m.offset - 0.99, "{scores:?}");
-        // Faster than ever is outside the range too.
-        assert!(m.extrapolation(&probe(&state, 10.0)) > 0.0);
     }
 
     #[test]
@@ -815,7 +890,11 @@ mod tests {
             [false; N_FEATURES]
         );
         let rows = normal_rows(600, 9);
-        let m = Model::train_without(&rows, &ModelParams::default(), young).unwrap();
+        let spec = TrainingSpec {
+            ignored: young,
+            ..TrainingSpec::default()
+        };
+        let m = Model::train_for(&rows, &ModelParams::default(), &spec).unwrap();
         let mut other = rows[5];
         other[6] = 23.0;
         other[7] = 6.0;
@@ -908,5 +987,42 @@ mod tests {
         // Ordinary checks are unaffected.
         let ordinary = probe(&state, 100.0);
         assert_eq!(m.score_seen(&ordinary, &mut seen), m.score(&ordinary));
+    }
+
+    #[test]
+    fn response_times_need_a_practical_margin_other_metrics_do_not() {
+        // 41 ms +- 0.3 ms. A 3 ms hiccup is ten standard deviations off but
+        // not a reason to page anyone; 2x is past the margin; 10x is critical.
+        let (rows, state) = smooth_api(200, 41.0, 0.3);
+        let t = Thresholds::default();
+        // 50 minutes of checks: hour and weekday are left out, as the
+        // detector does for a young API.
+        let young = ignored_features(chrono::Duration::minutes(50));
+        let spec = TrainingSpec {
+            ignored: young,
+            ..TrainingSpec::default()
+        };
+        let latency = Model::train_for(&rows, &ModelParams::default(), &spec).unwrap();
+        assert!(latency.scaler.margin.is_some());
+        for rt in [44.0, 60.0, 90.0, 120.0] {
+            let x = probe(&state, rt);
+            assert_eq!(latency.extrapolation(&x), 0.0, "{rt} ms");
+            assert_ne!(
+                t.classify(latency.score(&x)),
+                Some(Severity::Critical),
+                "{rt} ms"
+            );
+        }
+        assert!(latency.extrapolation(&probe(&state, 170.0)) > 0.0);
+        let slow = latency.score(&probe(&state, 410.0));
+        assert_eq!(t.classify(slow), Some(Severity::Critical), "{slow}");
+        // The same rows as any metric: counted in standard deviations.
+        let spec = TrainingSpec {
+            ignored: young,
+            domain: ValueDomain::AnyValue,
+        };
+        let metric = Model::train_for(&rows, &ModelParams::default(), &spec).unwrap();
+        assert!(metric.scaler.margin.is_none());
+        assert!(metric.extrapolation(&probe(&state, 44.0)) > 5.0);
     }
 }

@@ -8,7 +8,9 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use apimon_core::features::{FeatureState, ValueDomain, N_FEATURES};
-use apimon_core::model::{ignored_features, Model, ModelParams, Severity, Thresholds};
+use apimon_core::model::{
+    ignored_features, Model, ModelParams, Severity, Thresholds, TrainingSpec,
+};
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use crate::config::TrainingPolicy;
@@ -107,7 +109,11 @@ pub fn replay(points: &[Point], opts: &ReplayOptions) -> Vec<Scored> {
                 TimeFeatures::Never => ignored_features(chrono::Duration::zero()),
                 TimeFeatures::Always => [false; N_FEATURES],
             };
-            match Model::train_without(&rows, &opts.params, ignored) {
+            let spec = TrainingSpec {
+                ignored,
+                domain: opts.domain,
+            };
+            match Model::train_for(&rows, &opts.params, &spec) {
                 Ok(model) => {
                     version += 1;
                     det.model = Some(ActiveModel {

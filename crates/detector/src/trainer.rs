@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apimon_core::db;
+use apimon_core::features::ValueDomain;
 use apimon_core::features::{compute_series, N_FEATURES};
-use apimon_core::model::{ignored_features, Model};
+use apimon_core::model::{ignored_features, Model, TrainingSpec};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
@@ -105,12 +106,14 @@ impl Trainer {
             return Ok(());
         }
         let span = first_last.map_or(chrono::Duration::zero(), |(a, b)| b - a);
-        let ignored = ignored_features(span);
+        let spec = TrainingSpec {
+            ignored: ignored_features(span),
+            domain: ValueDomain::ResponseTime,
+        };
         let params = self.cfg.params.clone();
         let started = std::time::Instant::now();
         let trained =
-            tokio::task::spawn_blocking(move || Model::train_without(&features, &params, ignored))
-                .await;
+            tokio::task::spawn_blocking(move || Model::train_for(&features, &params, &spec)).await;
         let model = match trained {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
