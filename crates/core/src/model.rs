@@ -414,7 +414,7 @@ impl Model {
             }
             let mut e = (z[i] - hi[i]).max(lo[i] - z[i]);
             if let Some(m) = &self.scaler.margin {
-                if !(m[i] > 0.0) {
+                if m[i] <= 0.0 || m[i].is_nan() {
                     continue;
                 }
                 e = (e - PRACTICAL_MARGIN_UNITS * m[i]) / m[i];
