@@ -4,7 +4,7 @@
 
 use apimon_core::db::{self, metrics::MetricRow, Backend};
 use apimon_core::DbConfig;
-use chrono::{Duration, SubsecRound, TimeZone, Utc};
+use chrono::{Duration, DurationRound, SubsecRound, TimeZone, Utc};
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 
@@ -116,7 +116,11 @@ async fn insert_batch_writes_every_row_once_and_notifies() {
 #[tokio::test]
 async fn the_original_sample_grafana_queries_run_unchanged() {
     let pool = migrated_pool().await;
-    let t0 = Utc::now() - Duration::hours(2);
+    // At the start of an hour, so that the anomalies' first minutes share
+    // one hourly bucket whatever the time of day.
+    let t0 = (Utc::now() - Duration::hours(3))
+        .duration_trunc(Duration::hours(1))
+        .unwrap();
     let rows: Vec<MetricRow> = (0..240)
         .map(|i| {
             row(
