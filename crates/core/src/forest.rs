@@ -111,7 +111,9 @@ fn grid_threshold(p: f64, strict: bool) -> i32 {
             x <= p
         }
     };
-    let mut k = (p / GRID).floor().clamp(i32::MIN as f64, i32::MAX as f64) as i64;
+    // Truncation, then the loops below settle the last step either way (a
+    // single instruction, where `f64::floor` is a libm call).
+    let mut k = (p / GRID).clamp(i32::MIN as f64, i32::MAX as f64) as i64;
     while k < i64::from(i32::MAX) && holds(k + 1) {
         k += 1;
     }

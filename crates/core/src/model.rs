@@ -83,16 +83,19 @@ impl Scaler {
         let mut std = [0.0; N_FEATURES];
         for r in rows {
             for i in 0..N_FEATURES {
-                mean[i] += r[i] / n;
+                mean[i] += r[i];
             }
+        }
+        for m in &mut mean {
+            *m /= n;
         }
         for r in rows {
             for i in 0..N_FEATURES {
-                std[i] += (r[i] - mean[i]).powi(2) / n;
+                std[i] += (r[i] - mean[i]).powi(2);
             }
         }
         for s in &mut std {
-            *s = s.sqrt();
+            *s = (*s / n).sqrt();
             if !s.is_finite() || *s < 1e-12 {
                 *s = 1.0;
             }
@@ -131,9 +134,11 @@ impl Scaler {
         let mut out = [0; N_FEATURES];
         for i in 0..N_FEATURES {
             if !self.ignored[i] {
-                let z = (x[i] - self.mean[i]) / self.std[i];
-                // `as` saturates (and maps NaN to 0).
-                out[i] = (z / GRID).round() as i32;
+                let v = (x[i] - self.mean[i]) / self.std[i] / GRID;
+                // Rounded half away from zero by truncation (a single
+                // instruction, where `f64::round` is a libm call); `as`
+                // saturates and maps NaN to 0.
+                out[i] = if v >= 0.0 { v + 0.5 } else { v - 0.5 } as i32;
             }
         }
         out

@@ -68,7 +68,10 @@ pub fn replay(points: &[Point], opts: &ReplayOptions) -> Vec<Scored> {
         state: FeatureState::with_domain(opts.domain),
         ..ApiDetector::default()
     };
-    let mut history: VecDeque<(DateTime<Utc>, [f64; N_FEATURES])> = VecDeque::new();
+    // The training window: times and feature rows side by side, so that a
+    // training takes the rows as one slice without copying them.
+    let mut times: VecDeque<DateTime<Utc>> = VecDeque::new();
+    let mut history: VecDeque<[f64; N_FEATURES]> = VecDeque::new();
     let window = chrono::Duration::from_std(opts.policy.window).unwrap_or(chrono::Duration::MAX);
     let mut version = 0;
     let mut out = Vec::with_capacity(points.len());
@@ -89,21 +92,23 @@ pub fn replay(points: &[Point], opts: &ReplayOptions) -> Vec<Scored> {
             severity: v.severity,
         });
         if let Some(f) = v.features {
-            history.push_back((p.timestamp, f.to_array()));
+            times.push_back(p.timestamp);
+            history.push_back(f.to_array());
         }
-        while history
+        while times
             .front()
-            .is_some_and(|(t, _)| p.timestamp.signed_duration_since(*t) > window)
+            .is_some_and(|t| p.timestamp.signed_duration_since(*t) > window)
         {
+            times.pop_front();
             history.pop_front();
         }
         let trained_at = det.model.as_ref().map(|m| m.trained_at);
         if opts.policy.due(trained_at, p.timestamp, history.len()) {
-            let rows: Vec<[f64; N_FEATURES]> = history.iter().map(|(_, f)| *f).collect();
-            let span = match (history.front(), history.back()) {
-                (Some((a, _)), Some((b, _))) => *b - *a,
+            let span = match (times.front(), times.back()) {
+                (Some(a), Some(b)) => *b - *a,
                 _ => chrono::Duration::zero(),
             };
+            let rows: &[[f64; N_FEATURES]] = history.make_contiguous();
             let ignored = match opts.time_features {
                 TimeFeatures::Auto => ignored_features(span),
                 TimeFeatures::Never => ignored_features(chrono::Duration::zero()),
@@ -113,7 +118,7 @@ pub fn replay(points: &[Point], opts: &ReplayOptions) -> Vec<Scored> {
                 ignored,
                 domain: opts.domain,
             };
-            match Model::train_for(&rows, &opts.params, &spec) {
+            match Model::train_for(rows, &opts.params, &spec) {
                 Ok(model) => {
                     version += 1;
                     det.model = Some(ActiveModel {

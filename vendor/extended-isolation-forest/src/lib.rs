@@ -135,13 +135,13 @@ where
         let rng = &mut rand::thread_rng();
         let trees = (0..options.n_trees)
             .map(|_| {
-                let tree_sample: Vec<_> = training_data
+                let mut tree_sample: Vec<_> = training_data
                     .choose_multiple(rng, options.sample_size)
                     .into_iter()
                     .collect();
 
                 Tree::new(
-                    tree_sample.as_slice(),
+                    tree_sample.as_mut_slice(),
                     rng,
                     max_tree_depth,
                     options.extension_level,
@@ -221,7 +221,7 @@ where
     StandardNormal: Distribution<T>,
 {
     pub fn new(
-        samples: &[&[T; N]],
+        samples: &mut [&[T; N]],
         rng: &mut ThreadRng,
         max_tree_depth: usize,
         extension_level: usize,
@@ -262,7 +262,7 @@ where
 }
 
 fn make_node<'de, T, const N: usize>(
-    samples: &[&[T; N]],
+    samples: &mut [&[T; N]],
     rng: &mut ThreadRng,
     current_tree_depth: usize,
     max_tree_depth: usize,
@@ -283,24 +283,30 @@ where
         // constructor loops about `|min| / (max - min)` times
         // (rust-random/rand#1299): slow on narrow ranges, endless when the
         // values differ by a few ulps.
+        // Patched: the `extension_level + 1` dimensions that keep a normal
+        // component are chosen first (uniformly, as upstream's choice of the
+        // `N - extension_level - 1` to zero), and normals are drawn for
+        // those only; at extension level 0, one `gen_range` and one normal.
         let mut n = [T::zero(); N];
-        (0..N)
-            .zip(n.iter_mut())
-            .for_each(|(_, n_i)| *n_i = rng.sample(StandardNormal));
-
-        for idx in (0..N).choose_multiple(rng, N - extension_level - 1) {
-            n[idx] = T::zero();
+        if extension_level == 0 {
+            n[rng.gen_range(0..N)] = rng.sample(StandardNormal);
+        } else {
+            for idx in (0..N).choose_multiple(rng, extension_level + 1) {
+                n[idx] = rng.sample(StandardNormal);
+            }
         }
 
         let p = {
+            // Patched: the range of the dimensions the cut uses only.
             let mut maxs = *samples[0];
             let mut mins = *samples[0];
-            samples.iter().skip(1).for_each(|s| {
-                s.iter().enumerate().for_each(|(i, v)| {
-                    maxs[i] = if *v > maxs[i] { *v } else { maxs[i] };
-                    mins[i] = if *v < mins[i] { *v } else { mins[i] };
+            for i in (0..N).filter(|&i| n[i] != T::zero()) {
+                samples.iter().skip(1).for_each(|s| {
+                    let v = s[i];
+                    maxs[i] = if v > maxs[i] { v } else { maxs[i] };
+                    mins[i] = if v < mins[i] { v } else { mins[i] };
                 })
-            });
+            }
 
             let mut p = [T::zero(); N];
             for i in 0..N {
@@ -319,26 +325,27 @@ where
             p
         };
 
-        let mut samples_left = vec![];
-        let mut samples_right = vec![];
-
-        for sample in samples {
-            match determinate_direction(sample, &n, &p) {
-                Direction::Left => samples_left.push(*sample),
-                Direction::Right => samples_right.push(*sample),
+        // Patched: the samples are partitioned in place (left ones first)
+        // instead of being copied into two new lists at every node.
+        let mut split = 0;
+        for i in 0..samples.len() {
+            if let Direction::Left = determinate_direction(samples[i], &n, &p) {
+                samples.swap(i, split);
+                split += 1;
             }
         }
+        let (samples_left, samples_right) = samples.split_at_mut(split);
 
         Node::In(InNode {
             left: Box::new(make_node(
-                samples_left.as_slice(),
+                samples_left,
                 rng,
                 current_tree_depth + 1,
                 max_tree_depth,
                 extension_level,
             )),
             right: Box::new(make_node(
-                samples_right.as_slice(),
+                samples_right,
                 rng,
                 current_tree_depth + 1,
                 max_tree_depth,
