@@ -820,7 +820,7 @@ pub fn evaluate(
     opts: &ReplayOptions,
     variant: &Variant,
     threads: usize,
-) -> (Vec<FileResult>, Vec<(&'static str, Duration)>) {
+) -> Evaluation {
     let shifted: Vec<Series>;
     let corpus = if variant.shift_nonnegative {
         shifted = corpus
@@ -845,6 +845,7 @@ pub fn evaluate(
             .collect()
     };
     let (high, critical) = (at(opts.thresholds.high), at(opts.thresholds.critical));
+    let apimon_by_threshold = by_threshold(corpus, &apimon, &THRESHOLD_GRID);
     let started = Instant::now();
     let zscore = par_map(corpus, threads, |s| {
         zscore_scores(&s.points, ZSCORE_WINDOW, ZSCORE_LIMIT)
@@ -866,7 +867,101 @@ pub fn evaluate(
             next_id += series.windows.len();
         }
     }
-    (results, timings)
+    Evaluation {
+        results,
+        timings,
+        apimon_by_threshold,
+    }
+}
+
+/// What [`evaluate`] measured.
+pub struct Evaluation {
+    pub results: Vec<FileResult>,
+    pub timings: Vec<(&'static str, Duration)>,
+    /// apimon's event metrics at each threshold of [`THRESHOLD_GRID`].
+    pub apimon_by_threshold: Vec<ThresholdOutcome>,
+}
+
+/// Thresholds at which apimon's event metrics are also reported: where to
+/// put `SEVERITY_HIGH`, `SEVERITY_CRITICAL` or `ALERT_MIN_SEVERITY`.
+pub const THRESHOLD_GRID: [f64; 9] = [0.0, -0.05, -0.1, -0.125, -0.15, -0.175, -0.2, -0.3, -0.4];
+
+/// Event metrics of one detector over the corpus at one threshold (alert:
+/// score below it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThresholdOutcome {
+    pub threshold: f64,
+    pub windows: usize,
+    pub caught: usize,
+    pub false_positives: usize,
+    pub scored_rows: usize,
+}
+
+/// Event metrics over the corpus of one detector's `scores` (one list per
+/// series) at each of `thresholds`.
+pub fn by_threshold(
+    corpus: &[Series],
+    scores: &[Vec<Option<f64>>],
+    thresholds: &[f64],
+) -> Vec<ThresholdOutcome> {
+    thresholds
+        .iter()
+        .map(|&threshold| {
+            let mut total = ThresholdOutcome {
+                threshold,
+                windows: 0,
+                caught: 0,
+                false_positives: 0,
+                scored_rows: 0,
+            };
+            for (series, scores) in corpus.iter().zip(scores) {
+                let timestamps: Vec<DateTime<Utc>> =
+                    series.points.iter().map(|p| p.timestamp).collect();
+                let spans = window_spans(&timestamps, &series.windows);
+                let alerts: Vec<bool> = scores
+                    .iter()
+                    .map(|s| s.is_some_and(|s| s < threshold))
+                    .collect();
+                let o = file_outcome(&alerts, &spans, probation_len(scores.len()));
+                total.windows += o.windows;
+                total.caught += o.caught;
+                total.false_positives += o.false_positives;
+                total.scored_rows += o.scored_rows();
+            }
+            total
+        })
+        .collect()
+}
+
+/// The printed table of [`by_threshold`].
+pub fn threshold_table(rows: &[ThresholdOutcome], zscore_fp_per_1000: Option<f64>) -> String {
+    let mut s = String::from(
+        "apimon by threshold (alert: score below it), overall; where to put SEVERITY_HIGH,\n\
+         SEVERITY_CRITICAL and ALERT_MIN_SEVERITY:\n\n",
+    );
+    let _ = writeln!(
+        s,
+        "{:>10} {:>9} {:>7} {:>10}",
+        "threshold", "caught", "FP", "FP/1k rows"
+    );
+    for r in rows {
+        let fp = 1000.0 * r.false_positives as f64 / r.scored_rows.max(1) as f64;
+        let mark = match zscore_fp_per_1000 {
+            Some(z) if fp < z && r.caught * 10 >= r.windows * 9 => {
+                "  >= 90% caught, fewer FP than zscore"
+            }
+            _ => "",
+        };
+        let _ = writeln!(
+            s,
+            "{:>10} {:>9} {:>7} {:>10.1}{mark}",
+            format!("{:.3}", r.threshold),
+            format!("{}/{}", r.caught, r.windows),
+            r.false_positives,
+            fp
+        );
+    }
+    s
 }
 
 fn measure(
@@ -1090,7 +1185,11 @@ pub fn run(
     let corpus = load_corpus(dir, &windows)?;
     let rows: usize = corpus.iter().map(|s| s.points.len()).sum();
     let labelled: usize = corpus.iter().map(|s| s.windows.len()).sum();
-    let (results, timings) = evaluate(&corpus, opts, variant, THREADS);
+    let Evaluation {
+        results,
+        timings,
+        apimon_by_threshold,
+    } = evaluate(&corpus, opts, variant, THREADS);
     let mut text = format!(
         "NAB evaluation of {}: {} files, {rows} rows, {labelled} windows; {THREADS} threads.\n\
          apimon: {:?}, {:?}, training window {:?}, {} samples to start, retrain every {:?} (data time).\n\n",
@@ -1106,6 +1205,17 @@ pub fn run(
         let _ = writeln!(text, "Variant: {variant:?}\n");
     }
     text.push_str(&report(&results));
+    let zscore_fp = {
+        let (fp, rows) = results
+            .iter()
+            .filter(|r| r.detector == "zscore")
+            .fold((0, 0), |(f, n), r| {
+                (f + r.outcome.false_positives, n + r.outcome.scored_rows())
+            });
+        (rows > 0).then(|| 1000.0 * fp as f64 / rows as f64)
+    };
+    text.push('\n');
+    text.push_str(&threshold_table(&apimon_by_threshold, zscore_fp));
     let _ = writeln!(
         text,
         "\nElapsed: {:.1} s ({}).",
@@ -1286,6 +1396,43 @@ mod tests {
         assert!(likelihood(Some(-0.3)) > likelihood(Some(-0.1)));
         assert!(likelihood(Some(0.1)) < 0.5);
         assert!((0.0..=1.0).contains(&likelihood(Some(-1e300))));
+    }
+
+    #[test]
+    fn event_metrics_by_threshold_count_catches_and_false_positives() {
+        // 100 rows (probation 15), one window over rows 50..=60.
+        let series = Series {
+            key: "c/f.csv".into(),
+            category: "c".into(),
+            points: (0..100).map(|i| point(i, 1.0)).collect(),
+            windows: vec![Window {
+                start: t(50),
+                end: t(60),
+            }],
+        };
+        let mut scores: Vec<Option<f64>> = vec![Some(0.2); 100];
+        scores[10] = Some(-0.9); // in the probation: not counted
+        scores[20] = Some(-0.12);
+        scores[55] = Some(-0.3);
+        scores[80] = Some(-0.05);
+        let rows = by_threshold(&[series], &[scores], &[0.0, -0.1, -0.2, -0.5]);
+        let got: Vec<(usize, usize)> = rows.iter().map(|r| (r.caught, r.false_positives)).collect();
+        assert_eq!(got, vec![(1, 2), (1, 1), (1, 0), (0, 0)]);
+        assert!(rows.iter().all(|r| r.windows == 1 && r.scored_rows == 85));
+        let table = threshold_table(&rows, Some(15.0));
+        // 0 FP and 1/1 caught at -0.2: the goal's mark; 2 FP (23.5/1k) at 0: none.
+        assert!(
+            table
+                .lines()
+                .any(|l| l.contains("-0.200") && l.contains(">= 90%")),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.contains("0.000") && !l.contains(">= 90%")),
+            "{table}"
+        );
     }
 
     fn point(i: i64, v: f64) -> Point {
