@@ -341,7 +341,7 @@ impl Model {
         };
         let forest =
             Forest::from_slice(&scaled, &options).map_err(|e| ModelError::Params(e.to_string()))?;
-        let trees = Trees::from_crate(forest)?;
+        let trees = Trees::from_crate(forest, &scaler.ignored)?;
         let mut model = Model {
             params: params.clone(),
             scaler,
@@ -476,7 +476,9 @@ impl Model {
         forest: &[u8],
     ) -> Result<Model, ModelError> {
         let trees = match format {
-            ForestFormat::Crate => Trees::from_crate(postcard::from_bytes(forest)?)?,
+            ForestFormat::Crate => {
+                Trees::from_crate(postcard::from_bytes(forest)?, &scaler.ignored)?
+            }
             ForestFormat::Compact => {
                 let c: CompactForest<N_FEATURES> = postcard::from_bytes(forest)?;
                 c.validate()
@@ -516,8 +518,11 @@ const SEASONAL_FEATURES: [usize; 2] = [6, 7];
 
 impl Trees {
     /// The compact form when the forest has one (axis-parallel cuts).
-    fn from_crate(forest: Forest<f64, N_FEATURES>) -> Result<Trees, ModelError> {
-        match CompactForest::from_forest(&forest) {
+    fn from_crate(
+        forest: Forest<f64, N_FEATURES>,
+        ignored: &[bool; N_FEATURES],
+    ) -> Result<Trees, ModelError> {
+        match CompactForest::from_forest_without(&forest, ignored) {
             Ok(c) => Ok(Trees::Compact(c)),
             Err(CompactError::Oblique) => Ok(Trees::Crate(Box::new(forest))),
             Err(e) => Err(ModelError::Forest(e.to_string())),
