@@ -101,7 +101,13 @@ pub async fn process_anomalies(
     let cooldown =
         chrono::Duration::from_std(cfg.cooldown).unwrap_or(chrono::Duration::minutes(10));
     let mut alerts = 0;
+    let alerting = |a: &Anomaly| a.severity.parse().unwrap_or(Severity::Medium) >= cfg.min_severity;
     for (api, anomalies) in by_api {
+        // Anomalies below ALERT_MIN_SEVERITY change nothing (most anomalies
+        // are medium): no transaction for an API that has only those.
+        if !anomalies.iter().any(|a| alerting(a)) {
+            continue;
+        }
         let mut tx = pool.begin().await?;
         let mut st = lock_state(&mut tx, api).await?;
         for a in anomalies {

@@ -71,6 +71,10 @@ pub async fn run_with_health(
     };
     let mut listener = listen(&pool).await;
     let mut poll = tokio::time::interval(cfg.poll_interval);
+    // The down check reads the last checks of every API: with thousands of
+    // APIs it is the alerter's most expensive query, so it runs at most
+    // once per poll interval, not at every notification of the detector.
+    let mut last_down_check: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -83,7 +87,11 @@ pub async fn run_with_health(
             _ = poll.tick() => {}
         }
         health.beat();
-        match step(&pool, &cfg, &mut baselines, cursor).await {
+        let down_due = last_down_check.is_none_or(|t| t.elapsed() >= cfg.poll_interval);
+        if down_due {
+            last_down_check = Some(tokio::time::Instant::now());
+        }
+        match step_with(&pool, &cfg, &mut baselines, cursor, down_due).await {
             Ok((c, queued)) => {
                 health.set_db(true);
                 cursor = c;
@@ -111,8 +119,23 @@ pub async fn step(
     baselines: &mut Baselines,
     cursor: chrono::DateTime<Utc>,
 ) -> anyhow::Result<(chrono::DateTime<Utc>, bool)> {
+    step_with(pool, cfg, baselines, cursor, true).await
+}
+
+/// [`step`], with the down check only when `check_down` is set.
+async fn step_with(
+    pool: &PgPool,
+    cfg: &AlerterConfig,
+    baselines: &mut Baselines,
+    cursor: chrono::DateTime<Utc>,
+    check_down: bool,
+) -> anyhow::Result<(chrono::DateTime<Utc>, bool)> {
     let (cursor, alerts) = alerts::process_anomalies(pool, cfg, baselines, cursor).await?;
-    let down = alerts::check_down(pool, cfg).await?;
+    let down = if check_down {
+        alerts::check_down(pool, cfg).await?
+    } else {
+        0
+    };
     let reported = report::maybe_report(pool, cfg, baselines, Utc::now()).await?;
     Ok((cursor, alerts + down > 0 || reported))
 }
