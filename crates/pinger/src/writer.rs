@@ -144,7 +144,16 @@ impl Writer {
             st.backend = Some(backend);
         }
         let mut wrote = false;
-        while let Some(batch) = self.buffer.peek_batch() {
+        // Only the rows buffered when the flush began: those that arrive
+        // while a batch is written wait for the next flush. Otherwise
+        // nearly every flush under load ends with a second statement for a
+        // few rows, and a second NOTIFY: one more detector pass each time.
+        let mut left = self.buffer.len();
+        while left > 0 {
+            let Some(batch) = self.buffer.peek_batch() else {
+                break;
+            };
+            left = left.saturating_sub(batch.rows.len());
             let inserted = db::metrics::insert_batch(&self.pool, &batch.rows).await?;
             self.buffer.ack(&batch);
             self.stats.add_written(inserted);
