@@ -72,7 +72,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h)")),
+        "d" => n * 86400.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h, d)")),
     };
     if !(secs.is_finite() && secs > 0.0) {
         return Err(format!("duration {s:?} must be above zero"));
