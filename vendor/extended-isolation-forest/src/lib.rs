@@ -327,9 +327,20 @@ where
 
         // Patched: the samples are partitioned in place (left ones first)
         // instead of being copied into two new lists at every node.
+        // With one non-zero normal component (extension level 0) the side is
+        // the sign of that one term: the others add only zeros.
+        let mut used = (0..N).filter(|&i| n[i] != T::zero());
+        let single = match (used.next(), used.next()) {
+            (Some(q), None) => Some(q),
+            _ => None,
+        };
         let mut split = 0;
         for i in 0..samples.len() {
-            if let Direction::Left = determinate_direction(samples[i], &n, &p) {
+            let left = match single {
+                Some(q) => (samples[i][q] - p[q]) * n[q] <= T::zero(),
+                None => matches!(determinate_direction(samples[i], &n, &p), Direction::Left),
+            };
+            if left {
                 samples.swap(i, split);
                 split += 1;
             }
