@@ -45,6 +45,7 @@ use apimon_core::features::{compute_series, FeatureState, Observed, N_FEATURES};
 use apimon_core::forest::CompactForest;
 use apimon_core::model::{Model, ModelParams, Scaler, Thresholds, OFFSET_ROWS};
 use apimon_core::{DbConfig, Env};
+use apimon_testkit::procfs::{self, clock_ticks, cpu_model, stat_fields};
 use chrono::{DateTime, SubsecRound, TimeZone, Timelike, Utc};
 use detector::config::{DetectorConfig, TrainingPolicy};
 use detector::engine::{ActiveModel, ApiDetector};
@@ -160,49 +161,24 @@ fn parse_args() -> Result<Args, String> {
 
 // ------------------------------------------------------------------- /proc
 
-/// Fields of `/proc/<pid>/stat` after the command name: index 0 is field 3
-/// (state) of proc(5).
-fn stat_fields(pid: u32) -> Option<Vec<u64>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    Some(
-        rest.split_whitespace()
-            .map(|f| f.parse::<u64>().unwrap_or(0))
-            .collect(),
-    )
-}
-
-/// utime + stime of `pid` (every thread), in clock ticks.
+/// utime + stime of `pid` (every thread), in clock ticks (0 when gone).
 fn cpu_ticks(pid: u32) -> u64 {
-    stat_fields(pid)
-        .and_then(|f| Some(f.get(11)? + f.get(12)?))
-        .unwrap_or(0)
+    procfs::cpu_ticks(pid).unwrap_or(0)
 }
 
-/// CPU of a PostgreSQL server: the postmaster, its live children, and the
-/// children it has reaped (cutime + cstime).
+/// CPU of a PostgreSQL server and its backends, in clock ticks.
 fn tree_ticks(postmaster: u32) -> u64 {
-    let Some(f) = stat_fields(postmaster) else {
-        return 0;
-    };
-    let mut total = f[11..15].iter().sum::<u64>();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Some(cf) = stat_fields(pid) {
-                if cf.get(1).copied() == Some(u64::from(postmaster)) {
-                    total += cf.get(11).copied().unwrap_or(0) + cf.get(12).copied().unwrap_or(0);
-                }
-            }
-        }
-    }
-    total
+    procfs::tree_ticks(postmaster).unwrap_or(0)
+}
+
+/// (busy, total) jiffies of the whole machine (all CPUs).
+fn machine_ticks() -> (u64, u64) {
+    procfs::machine_ticks().unwrap_or((0, 0))
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in KiB.
+fn status_kib(pid: u32, key: &str) -> u64 {
+    procfs::status_kib(pid, key).unwrap_or(0)
 }
 
 /// Time on CPU of each thread of `pid` (`/proc/<pid>/task/*/schedstat`,
@@ -264,59 +240,6 @@ fn cpu_between(a: &HashMap<u32, u64>, b: &HashMap<u32, u64>) -> f64 {
         .map(|(tid, ns)| ns.saturating_sub(a.get(tid).copied().unwrap_or(0)))
         .sum::<u64>() as f64
         / 1e9
-}
-
-/// (busy, total) jiffies of the whole machine (all CPUs), from `/proc/stat`.
-fn machine_ticks() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let total: u64 = v.iter().sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total.saturating_sub(idle), total)
-}
-
-/// A `kB` field of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in KiB.
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim_start_matches(':').split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into())
 }
 
 fn me() -> u32 {

@@ -25,6 +25,10 @@ use std::time::{Duration, Instant};
 
 use apimon_core::db;
 use apimon_core::DbConfig;
+use apimon_testkit::procfs::{
+    clock_ticks, cpu_model, cpu_ticks, machine_ticks, parse_duration, stat_fields, status_field,
+    tree_ticks,
+};
 use chrono::{DateTime, Utc};
 use pinger::first_check_offset;
 use pinger::stats::percentile;
@@ -43,28 +47,6 @@ struct Args {
     delay: Duration,
     /// `RUST_LOG` of the pinger.
     rust_log: String,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 15s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h)")),
-    };
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("duration {s:?} must be above zero"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -210,69 +192,6 @@ fn content_length(head: &[u8]) -> usize {
 
 // ------------------------------------------------------------------- /proc
 
-/// Fields of `/proc/<pid>/stat` after the command name: index 0 is field 3
-/// (state) of proc(5).
-fn stat_fields(pid: u32) -> Option<Vec<u64>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    Some(
-        rest.split_whitespace()
-            .map(|f| f.parse::<u64>().unwrap_or(0))
-            .collect(),
-    )
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let f = stat_fields(pid)?;
-    Some(f.get(11)? + f.get(12)?)
-}
-
-/// CPU of a PostgreSQL server: the postmaster, its live children, and the
-/// children it has reaped (cutime + cstime).
-fn tree_ticks(postmaster: u32) -> Option<u64> {
-    let f = stat_fields(postmaster)?;
-    let mut total = f.get(11)? + f.get(12)? + f.get(13)? + f.get(14)?;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(cf) = stat_fields(pid) {
-            if cf.get(1).copied() == Some(u64::from(postmaster)) {
-                total += cf.get(11).copied().unwrap_or(0) + cf.get(12).copied().unwrap_or(0);
-            }
-        }
-    }
-    Some(total)
-}
-
-/// (busy, total) jiffies of the whole machine, from the first line of
-/// `/proc/stat`.
-fn machine_ticks() -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = text.lines().next()?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let total: u64 = v.iter().sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    Some((total - idle, total))
-}
-
-fn status_field(pid: u32, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .map(|v| v.trim_start_matches(':').trim().to_string())
-}
-
 fn open_files_limit(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/limits"))
         .ok()
@@ -283,29 +202,6 @@ fn open_files_limit(pid: u32) -> String {
                     let v: Vec<&str> = l.split_whitespace().collect();
                     format!("soft {} / hard {}", v[3], v[4])
                 })
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "?".into())
 }

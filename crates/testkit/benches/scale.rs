@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use apimon_core::db;
 use apimon_core::shard::stable_hash;
 use apimon_core::DbConfig;
+use apimon_testkit::procfs::{self, clock_ticks, cpu_model, parse_duration, stat_fields};
 use apimon_testkit::procs::{tail, Service};
 use apimon_testkit::smtp::SmtpServer;
 use chrono::{DateTime, Utc};
@@ -58,27 +59,24 @@ struct Args {
     quick: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 15s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h, d)")),
-    };
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("duration {s:?} must be above zero"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+/// utime + stime of `pid`, in clock ticks (0 when gone).
+fn cpu_ticks(pid: u32) -> u64 {
+    procfs::cpu_ticks(pid).unwrap_or(0)
+}
+
+/// CPU of a PostgreSQL server and its backends, in clock ticks.
+fn tree_ticks(postmaster: u32) -> u64 {
+    procfs::tree_ticks(postmaster).unwrap_or(0)
+}
+
+/// (busy, total) jiffies of the whole machine.
+fn machine_ticks() -> (u64, u64) {
+    procfs::machine_ticks().unwrap_or((0, 0))
+}
+
+/// A `kB` field of `/proc/<pid>/status` in MiB (`VmRSS`, `VmHWM`).
+fn status_mib(pid: u32, key: &str) -> f64 {
+    procfs::status_kib(pid, key).map_or(f64::NAN, |kib| kib as f64 / 1024.0)
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -220,101 +218,6 @@ fn endpoint_index(head: &[u8]) -> Option<usize> {
 }
 
 // ------------------------------------------------------------------- /proc
-
-/// Fields of `/proc/<pid>/stat` after the command name: index 0 is field 3
-/// (state) of proc(5).
-fn stat_fields(pid: u32) -> Option<Vec<u64>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    Some(
-        rest.split_whitespace()
-            .map(|f| f.parse::<u64>().unwrap_or(0))
-            .collect(),
-    )
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    stat_fields(pid)
-        .and_then(|f| Some(f.get(11)? + f.get(12)?))
-        .unwrap_or(0)
-}
-
-/// CPU of a PostgreSQL server: the postmaster, its live children, and the
-/// children it has reaped (cutime + cstime).
-fn tree_ticks(postmaster: u32) -> u64 {
-    let Some(f) = stat_fields(postmaster) else {
-        return 0;
-    };
-    let own = f.get(11).copied().unwrap_or(0)
-        + f.get(12).copied().unwrap_or(0)
-        + f.get(13).copied().unwrap_or(0)
-        + f.get(14).copied().unwrap_or(0);
-    let children: u64 = std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter_map(stat_fields)
-                .filter(|cf| cf.get(1).copied() == Some(u64::from(postmaster)))
-                .map(|cf| cf.get(11).copied().unwrap_or(0) + cf.get(12).copied().unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0);
-    own + children
-}
-
-/// (busy, total) jiffies of the whole machine, from `/proc/stat`.
-fn machine_ticks() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let total: u64 = v.iter().sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
-/// A field of `/proc/<pid>/status` in MiB (`VmRSS`, `VmHWM`).
-fn status_mib(pid: u32, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim_start_matches(':').split_whitespace().next())
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into())
-}
 
 // ----------------------------------------------------------------- sampling
 

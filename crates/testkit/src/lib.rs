@@ -9,6 +9,7 @@
 
 pub mod http;
 mod pg;
+pub mod procfs;
 pub mod procs;
 pub mod smtp;
 
