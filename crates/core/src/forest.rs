@@ -351,6 +351,17 @@ mod tests {
             .collect()
     }
 
+    /// A crate forest of `trees` trees of `samples` samples.
+    fn train(data: &[[f64; 4]], trees: usize, samples: usize, extension: usize) -> Forest<f64, 4> {
+        let options = ForestOptions {
+            n_trees: trees,
+            sample_size: samples,
+            max_tree_depth: None,
+            extension_level: extension,
+        };
+        Forest::from_slice(data, &options).unwrap()
+    }
+
     fn grid(x: &[f64; 4]) -> [i32; 4] {
         x.map(|v| (v / GRID).round() as i32)
     }
@@ -380,16 +391,7 @@ mod tests {
     #[test]
     fn the_compact_forest_scores_exactly_as_the_crate() {
         let data = rows(2000, 42);
-        let forest = Forest::from_slice(
-            &data,
-            &ForestOptions {
-                n_trees: 100,
-                sample_size: 256,
-                max_tree_depth: None,
-                extension_level: 0,
-            },
-        )
-        .unwrap();
+        let forest = train(&data, 100, 256, 0);
         let compact = CompactForest::<4>::from_forest(&forest).unwrap();
         compact.validate().unwrap();
         let bytes = postcard::to_stdvec(&forest).unwrap();
@@ -423,16 +425,7 @@ mod tests {
             .into_iter()
             .map(|[a, b, c, _]| [a, b, c, 0.0])
             .collect();
-        let forest = Forest::from_slice(
-            &data,
-            &ForestOptions {
-                n_trees: 100,
-                sample_size: 256,
-                max_tree_depth: None,
-                extension_level: 0,
-            },
-        )
-        .unwrap();
+        let forest = train(&data, 100, 256, 0);
         let full = CompactForest::<4>::from_forest(&forest).unwrap();
         let lean =
             CompactForest::<4>::from_forest_without(&forest, &[false, false, false, true]).unwrap();
@@ -461,16 +454,7 @@ mod tests {
     #[test]
     fn oblique_forests_have_no_compact_form_and_garbage_is_refused() {
         let data = rows(300, 3);
-        let forest = Forest::from_slice(
-            &data,
-            &ForestOptions {
-                n_trees: 10,
-                sample_size: 64,
-                max_tree_depth: None,
-                extension_level: 2,
-            },
-        )
-        .unwrap();
+        let forest = train(&data, 10, 64, 2);
         let bytes = postcard::to_stdvec(&forest).unwrap();
         assert_eq!(
             CompactForest::<4>::from_crate_bytes(&bytes),
@@ -485,16 +469,7 @@ mod tests {
     #[test]
     fn validation_refuses_out_of_range_links() {
         let data = rows(300, 5);
-        let forest = Forest::from_slice(
-            &data,
-            &ForestOptions {
-                n_trees: 3,
-                sample_size: 64,
-                max_tree_depth: None,
-                extension_level: 0,
-            },
-        )
-        .unwrap();
+        let forest = train(&data, 3, 64, 0);
         let bytes = postcard::to_stdvec(&forest).unwrap();
         let mut compact = CompactForest::<4>::from_crate_bytes(&bytes).unwrap();
         compact.validate().unwrap();
