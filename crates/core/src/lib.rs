@@ -7,6 +7,7 @@ pub mod db;
 pub mod features;
 pub mod forest;
 pub mod health;
+pub mod incidents;
 pub mod model;
 pub mod shard;
 pub mod shutdown;
