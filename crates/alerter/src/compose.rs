@@ -6,6 +6,9 @@ use chrono::{DateTime, Utc};
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
 use serde_json::json;
 
+use crate::dispatch::{Event, Item, Notice};
+use apimon_core::incidents::Kind;
+
 /// A rendered notification, before it is queued per channel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
@@ -19,25 +22,6 @@ pub struct Message {
     pub html: String,
     /// For webhooks.
     pub payload: serde_json::Value,
-}
-
-/// What an alert about one anomaly says.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlertFacts {
-    pub api_name: String,
-    pub timestamp: DateTime<Utc>,
-    /// First anomaly of this episode (within the cooldown before this one).
-    pub since: DateTime<Utc>,
-    pub severity: String,
-    pub score: f64,
-    pub response_time_ms: Option<f64>,
-    pub details: String,
-    /// Mean of the last 10 response times before it, when the forest scored it.
-    pub rolling_mean_ms: Option<f64>,
-    /// The API's usual values over the baseline window.
-    pub baseline: Option<Baseline>,
-    /// Anomalies held back by the cooldown since the previous alert.
-    pub suppressed: i32,
 }
 
 /// An API's usual response times.
@@ -80,14 +64,6 @@ fn html_page(title: &str, body: &str, link: &str) -> String {
     )
 }
 
-/// `Key: value` lines, then the dashboard link.
-fn plain_rows(rows: &[(&str, String)], link: &str) -> String {
-    rows.iter()
-        .map(|(k, v)| format!("{k}: {v}\n"))
-        .chain(std::iter::once(format!("Dashboard: {link}\n")))
-        .collect()
-}
-
 fn table(rows: &[(&str, String)]) -> String {
     let mut s = String::from("<table cellpadding=\"4\" style=\"border-collapse:collapse\">");
     for (k, v) in rows {
@@ -101,128 +77,209 @@ fn table(rows: &[(&str, String)]) -> String {
     s
 }
 
-/// An instant alert.
-pub fn alert(f: &AlertFacts, dashboard: &str) -> Message {
-    let link = dashboard_link(dashboard, Some(&f.api_name));
-    let subject = format!(
-        "[apimon] {} anomaly: {}",
-        f.severity.to_uppercase(),
-        f.api_name
-    );
-    let observed = f
-        .response_time_ms
-        .map(ms)
-        .unwrap_or_else(|| "no response".into());
-    let mut usual = Vec::new();
-    if let Some(m) = f.rolling_mean_ms {
-        usual.push(format!("{} mean of the last 10 checks", ms(m)));
-    }
-    if let Some(b) = f.baseline {
-        usual.push(format!(
-            "{} mean, {} p95 over the baseline window",
-            ms(b.mean_ms),
-            ms(b.p95_ms)
-        ));
-    }
-    let usual = if usual.is_empty() {
-        "not known yet".to_string()
+/// A duration in words: `45s`, `4m 30s`, `2h 5m`, `3d 4h`.
+pub fn duration(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    let (days, hours, mins, secs) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days}d {hours}h")
+    } else if hours > 0 {
+        format!("{hours}h {mins}m")
+    } else if mins > 0 {
+        format!("{mins}m {secs}s")
     } else {
-        usual.join("; ")
+        format!("{secs}s")
+    }
+}
+
+/// What one incident's part of a notification says, as `Key: value` rows.
+fn incident_rows(event: Event, i: &Item, now: DateTime<Utc>) -> Vec<(&'static str, String)> {
+    let e = &i.evidence;
+    let first = match i.kind {
+        Kind::Down => "first failed check",
+        Kind::Slow => "first slow check",
     };
     let mut rows = vec![
-        ("API", f.api_name.clone()),
-        ("Severity", f.severity.clone()),
-        ("Score", format!("{:.3}", f.score)),
-        ("Since", when(f.since)),
-        ("Observed at", when(f.timestamp)),
-        ("Observed", observed.clone()),
-        ("Usual", usual.clone()),
-        ("Details", f.details.clone()),
+        ("API", i.api_name.clone()),
+        (
+            "Incident",
+            format!("{} ({}), #{}", i.kind, i.severity, i.incident_id),
+        ),
+        ("Since", format!("{} ({first})", when(i.started_at))),
+        ("Why", i.reason.clone()),
     ];
-    if f.suppressed > 0 {
+    if let Some(latency) = e.latency_summary() {
+        rows.push(("Latency", latency));
+    }
+    let mut seen = format!("{} checks, {} failed", e.checks, e.failures);
+    let anomalies = e.anomalies_critical + e.anomalies_high + e.anomalies_medium;
+    if anomalies > 0 {
+        seen.push_str(&format!(
+            "; {anomalies} anomalies ({} critical, {} high, {} medium)",
+            e.anomalies_critical, e.anomalies_high, e.anomalies_medium
+        ));
+    }
+    if let Some(max) = e.max_ms {
+        seen.push_str(&format!("; slowest check {}", ms(max)));
+    }
+    rows.push(("Seen", seen));
+    if let Some(err) = &e.last_error {
+        rows.push(("Last error", err.clone()));
+    }
+    match event {
+        Event::Open => {}
+        Event::Reminder => rows.push((
+            "Open for",
+            duration(now.signed_duration_since(i.started_at)),
+        )),
+        Event::Resolve => {
+            let end = i.recovered_at.or(i.resolved_at).unwrap_or(now);
+            rows.push((
+                "Lasted",
+                format!(
+                    "{} (recovered at {})",
+                    duration(end.signed_duration_since(i.started_at)),
+                    when(end)
+                ),
+            ));
+        }
+    }
+    if i.flaps > 0 {
         rows.push((
-            "Held back",
+            "Flapped",
             format!(
-                "{} more anomalies during the cooldown since the previous alert",
-                f.suppressed
+                "re-opened {} time{} within the flap window",
+                i.flaps,
+                if i.flaps == 1 { "" } else { "s" }
             ),
         ));
     }
-    let body_text = plain_rows(&rows, &link);
+    rows
+}
+
+fn short(i: &Item) -> String {
+    format!("{} {}", i.api_name, i.kind)
+}
+
+fn listing(items: &[Item]) -> String {
+    let mut names: Vec<String> = items.iter().take(3).map(short).collect();
+    if items.len() > 3 {
+        names.push(format!("{} more", items.len() - 3));
+    }
+    names.join(", ")
+}
+
+/// The subject of a notification.
+pub fn notice_subject(n: &Notice) -> String {
+    let now = n.at;
+    match (n.event, n.items.as_slice()) {
+        (_, []) => "[apimon] (no incidents)".to_string(),
+        (Event::Open, [i]) => match i.kind {
+            Kind::Down => format!("[apimon] DOWN: {} ({})", i.api_name, i.reason),
+            Kind::Slow => format!(
+                "[apimon] SLOW: {}{}",
+                i.api_name,
+                i.evidence
+                    .median_ms
+                    .zip(i.evidence.baseline_ms)
+                    .map(|(m, b)| format!(
+                        " ({}, {:.1}x its baseline {})",
+                        ms(m),
+                        m / b.max(0.01),
+                        ms(b)
+                    ))
+                    .unwrap_or_default()
+            ),
+        },
+        (Event::Reminder, [i]) => format!(
+            "[apimon] Still {}: {} (for {})",
+            i.kind,
+            i.api_name,
+            duration(now.signed_duration_since(i.started_at))
+        ),
+        (Event::Resolve, [i]) => format!(
+            "[apimon] RESOLVED: {} {} after {}",
+            i.api_name,
+            i.kind,
+            duration(
+                i.recovered_at
+                    .or(i.resolved_at)
+                    .unwrap_or(now)
+                    .signed_duration_since(i.started_at)
+            )
+        ),
+        (Event::Open, items) => format!(
+            "[apimon] {} incidents opened: {}",
+            items.len(),
+            listing(items)
+        ),
+        (Event::Reminder, items) => format!(
+            "[apimon] {} incidents still open: {}",
+            items.len(),
+            listing(items)
+        ),
+        (Event::Resolve, items) => format!(
+            "[apimon] {} incidents resolved: {}",
+            items.len(),
+            listing(items)
+        ),
+    }
+}
+
+/// Renders a notification about one or more incidents.
+pub fn notice(n: &Notice, dashboard: &str) -> Message {
+    let single = (n.items.len() == 1).then(|| n.items[0].api_name.as_str());
+    let link = dashboard_link(dashboard, single);
+    let subject = notice_subject(n);
+    let intro = match n.event {
+        Event::Open => "Opened",
+        Event::Reminder => "Still open",
+        Event::Resolve => "Resolved",
+    };
+    let mut t = String::new();
+    let mut h = String::new();
+    for (k, i) in n.items.iter().enumerate() {
+        let rows = incident_rows(n.event, i, n.at);
+        if n.items.len() > 1 {
+            t.push_str(&format!("{intro} ({} of {}):\n", k + 1, n.items.len()));
+        }
+        for (key, v) in &rows {
+            t.push_str(&format!("{key}: {v}\n"));
+        }
+        t.push('\n');
+        h.push_str(&table(&rows));
+        h.push_str("<hr>");
+    }
+    t.push_str(&format!("Dashboard: {link}\n"));
+    let kind = match n.event {
+        Event::Open => "incident_open",
+        Event::Reminder => "incident_reminder",
+        Event::Resolve => "incident_resolve",
+    };
     Message {
-        kind: "alert",
-        api_name: Some(f.api_name.clone()),
-        dedup_key: format!("alert:{}:{}", f.api_name, f.timestamp.timestamp_micros()),
+        kind,
+        api_name: single.map(str::to_string),
+        dedup_key: n.key.clone(),
         subject: subject.clone(),
-        text: body_text,
-        html: html_page(&subject, &table(&rows), &link),
+        text: t,
+        html: html_page(&subject, &h, &link),
         payload: json!({
-            "kind": "alert",
-            "api": f.api_name,
-            "severity": f.severity,
-            "score": f.score,
-            "timestamp": f.timestamp,
-            "since": f.since,
-            "response_time_ms": f.response_time_ms,
-            "usual": usual,
-            "details": f.details,
-            "suppressed": f.suppressed,
+            "kind": kind,
+            "event": n.event.as_str(),
+            "incidents": n.items.iter().map(|i| json!({
+                "id": i.incident_id,
+                "api": i.api_name,
+                "kind": i.kind.as_str(),
+                "severity": i.severity,
+                "started_at": i.started_at,
+                "opened_at": i.opened_at,
+                "recovered_at": i.recovered_at,
+                "resolved_at": i.resolved_at,
+                "reason": i.reason,
+                "evidence": i.evidence,
+                "flaps": i.flaps,
+            })).collect::<Vec<_>>(),
             "dashboard": link,
-        }),
-    }
-}
-
-/// An API has failed `failures` checks in a row.
-pub fn down(
-    api: &str,
-    since: DateTime<Utc>,
-    failures: i64,
-    last_error: Option<&str>,
-    dashboard: &str,
-) -> Message {
-    let link = dashboard_link(dashboard, Some(api));
-    let subject = format!("[apimon] DOWN: {api}");
-    let rows = vec![
-        ("API", api.to_string()),
-        ("Down since", when(since)),
-        ("Failed checks in a row", failures.to_string()),
-        ("Last error", last_error.unwrap_or("unknown").to_string()),
-    ];
-    Message {
-        kind: "down",
-        api_name: Some(api.to_string()),
-        dedup_key: format!("down:{api}:{}", since.timestamp_micros()),
-        subject: subject.clone(),
-        text: plain_rows(&rows, &link),
-        html: html_page(&subject, &table(&rows), &link),
-        payload: json!({
-            "kind": "down", "api": api, "since": since, "failures": failures,
-            "last_error": last_error, "dashboard": link,
-        }),
-    }
-}
-
-/// An API that was down answers again.
-pub fn recovered(api: &str, since: DateTime<Utc>, at: DateTime<Utc>, dashboard: &str) -> Message {
-    let link = dashboard_link(dashboard, Some(api));
-    let subject = format!("[apimon] RECOVERED: {api}");
-    let downtime = at.signed_duration_since(since);
-    let rows = vec![
-        ("API", api.to_string()),
-        ("Down since", when(since)),
-        ("Answering again at", when(at)),
-        ("Downtime", format!("{} s", downtime.num_seconds().max(0))),
-    ];
-    Message {
-        kind: "recovered",
-        api_name: Some(api.to_string()),
-        dedup_key: format!("recovered:{api}:{}", since.timestamp_micros()),
-        subject: subject.clone(),
-        text: plain_rows(&rows, &link),
-        html: html_page(&subject, &table(&rows), &link),
-        payload: json!({
-            "kind": "recovered", "api": api, "since": since, "at": at,
-            "downtime_seconds": downtime.num_seconds().max(0), "dashboard": link,
         }),
     }
 }
@@ -239,8 +296,6 @@ pub struct ReportRow {
     pub critical: i64,
     pub high: i64,
     pub medium: i64,
-    /// Anomalies held back by the cooldown (not yet in any alert).
-    pub suppressed: i64,
     pub status: Status,
 }
 
@@ -270,6 +325,9 @@ pub struct Report {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     pub rows: Vec<ReportRow>,
+    /// Incidents open at the end of the period, and those opened or
+    /// resolved in it.
+    pub incidents: Vec<Item>,
 }
 
 impl Report {
@@ -300,6 +358,39 @@ fn opt_ms(v: Option<f64>) -> String {
     v.map(ms).unwrap_or_else(|| "-".into())
 }
 
+/// The report's incident lines: open ones, then the period's others.
+fn incident_lines(r: &Report) -> (Vec<String>, Vec<String>) {
+    let mut open = Vec::new();
+    let mut closed = Vec::new();
+    for i in &r.incidents {
+        match i.resolved_at.filter(|t| *t <= r.end) {
+            None => open.push(format!(
+                "{} {} ({}) since {}, open for {}: {}",
+                i.api_name,
+                i.kind,
+                i.severity,
+                when(i.started_at),
+                duration(r.end.signed_duration_since(i.started_at)),
+                i.reason
+            )),
+            Some(resolved) => {
+                let end = i.recovered_at.unwrap_or(resolved);
+                closed.push(format!(
+                    "{} {} ({}) from {} to {}, lasted {}: {}",
+                    i.api_name,
+                    i.kind,
+                    i.severity,
+                    when(i.started_at),
+                    when(end),
+                    duration(end.signed_duration_since(i.started_at)),
+                    i.reason
+                ))
+            }
+        }
+    }
+    (open, closed)
+}
+
 /// Renders a status report.
 pub fn report(r: &Report, dashboard: &str) -> Message {
     let link = dashboard_link(dashboard, None);
@@ -312,7 +403,28 @@ pub fn report(r: &Report, dashboard: &str) -> Message {
             .collect()
     };
     let (slow, down) = (names(Status::Slow), names(Status::Down));
-    let mut t = format!("Period: {} to {}\n", when(r.start), when(r.end));
+    // Open incidents first, then the period's, then slow/down and the table.
+    let (open, closed) = incident_lines(r);
+    let mut t_inc = String::new();
+    let mut h_inc = String::new();
+    for (title, lines) in [
+        ("Open incidents", &open),
+        ("Incidents of the period", &closed),
+    ] {
+        let none = if lines.is_empty() { " none" } else { "" };
+        t_inc.push_str(&format!("{title}:{none}\n"));
+        h_inc.push_str(&format!("<p><b>{}:</b>{none}</p>", text(title)));
+        if !lines.is_empty() {
+            h_inc.push_str("<ul>");
+            for l in lines {
+                t_inc.push_str(&format!("- {l}\n"));
+                h_inc.push_str(&format!("<li>{}</li>", text(l)));
+            }
+            h_inc.push_str("</ul>");
+        }
+    }
+    t_inc.push('\n');
+    let mut t = format!("Period: {} to {}\n\n{t_inc}", when(r.start), when(r.end));
     t.push_str(&format!(
         "Slow: {}\nDown: {}\n\n",
         if slow.is_empty() {
@@ -326,24 +438,8 @@ pub fn report(r: &Report, dashboard: &str) -> Message {
             down.join(", ")
         }
     ));
-    let header = [
-        "API",
-        "status",
-        "checks",
-        "success",
-        "mean",
-        "p95",
-        "baseline p95",
-        "critical",
-        "high",
-        "medium",
-        "held back",
-    ];
-    t.push_str(&header.join(" | "));
-    t.push('\n');
     let mut h = format!(
-        "<p>Period: {} to {}</p><p><b>Slow:</b> {}<br><b>Down:</b> {}</p>\
-         <table border=\"1\" cellpadding=\"4\" style=\"border-collapse:collapse\"><tr>",
+        "<p>Period: {} to {}</p>{h_inc}<p><b>Slow:</b> {}<br><b>Down:</b> {}</p>",
         text(&when(r.start)),
         text(&when(r.end)),
         text(&if slow.is_empty() {
@@ -357,6 +453,21 @@ pub fn report(r: &Report, dashboard: &str) -> Message {
             down.join(", ")
         }),
     );
+    let header = [
+        "API",
+        "status",
+        "checks",
+        "success",
+        "mean",
+        "p95",
+        "baseline p95",
+        "critical",
+        "high",
+        "medium",
+    ];
+    t.push_str(&header.join(" | "));
+    t.push('\n');
+    h.push_str("<table border=\"1\" cellpadding=\"4\" style=\"border-collapse:collapse\"><tr>");
     for c in header {
         h.push_str(&format!("<th>{}</th>", text(c)));
     }
@@ -378,7 +489,6 @@ pub fn report(r: &Report, dashboard: &str) -> Message {
             row.critical.to_string(),
             row.high.to_string(),
             row.medium.to_string(),
-            row.suppressed.to_string(),
         ];
         t.push_str(&cells.join(" | "));
         t.push('\n');
@@ -414,7 +524,12 @@ pub fn report(r: &Report, dashboard: &str) -> Message {
                 "successes": x.successes, "mean_ms": x.mean_ms, "p95_ms": x.p95_ms,
                 "baseline_p95_ms": x.baseline.map(|b| b.p95_ms),
                 "critical": x.critical, "high": x.high, "medium": x.medium,
-                "suppressed": x.suppressed,
+            })).collect::<Vec<_>>(),
+            "incidents": r.incidents.iter().map(|i| json!({
+                "id": i.incident_id, "api": i.api_name, "kind": i.kind.as_str(),
+                "severity": i.severity, "started_at": i.started_at,
+                "recovered_at": i.recovered_at, "resolved_at": i.resolved_at,
+                "reason": i.reason,
             })).collect::<Vec<_>>(),
             "dashboard": link,
         }),
@@ -442,64 +557,113 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn facts(details: &str) -> AlertFacts {
+    fn item(api: &str, kind: Kind) -> Item {
         let t = Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap();
-        AlertFacts {
-            api_name: "Git<Hub>".into(),
-            timestamp: t,
-            since: t,
+        Item {
+            incident_id: 7,
+            api_name: api.into(),
+            kind,
             severity: "critical".into(),
-            score: -0.31,
-            response_time_ms: Some(1000.0),
-            details: details.into(),
-            rolling_mean_ms: Some(100.0),
-            baseline: Some(Baseline {
-                mean_ms: 98.0,
-                p95_ms: 130.0,
-            }),
-            suppressed: 2,
+            started_at: t,
+            opened_at: t + chrono::Duration::seconds(15),
+            recovered_at: Some(t + chrono::Duration::seconds(285)),
+            resolved_at: Some(t + chrono::Duration::seconds(585)),
+            reason: "median of the last 8 checks 660 ms, 3.0x the baseline 220 ms".into(),
+            evidence: apimon_core::incidents::Evidence {
+                checks: 19,
+                failures: 2,
+                anomalies_critical: 3,
+                baseline_ms: Some(220.0),
+                baseline_p95_ms: Some(300.0),
+                median_ms: Some(660.0),
+                peak_median_ms: Some(700.0),
+                max_ms: Some(900.0),
+                last_error: Some("<b>boom</b>".into()),
+                ..Default::default()
+            },
+            flaps: 1,
+        }
+    }
+
+    fn notice_of(event: Event, items: Vec<Item>) -> Notice {
+        let at = Utc.with_ymd_and_hms(2026, 11, 25, 14, 0, 0).unwrap();
+        Notice {
+            event,
+            items,
+            key: "k".into(),
+            at,
         }
     }
 
     #[test]
-    fn an_alert_says_which_api_since_when_observed_against_usual_and_links() {
-        let m = alert(&facts("slow"), "http://grafana:3000");
-        assert_eq!(m.subject, "[apimon] CRITICAL anomaly: Git<Hub>");
+    fn an_opening_says_what_since_when_why_and_against_which_baseline() {
+        let m = notice(
+            &notice_of(Event::Open, vec![item("Git<Hub>", Kind::Slow)]),
+            "http://grafana:3000",
+        );
+        assert_eq!(
+            m.subject,
+            "[apimon] SLOW: Git<Hub> (660 ms, 3.0x its baseline 220 ms)"
+        );
         for needle in [
-            "Git<Hub>",
-            "Since: 2026-11-25 10:00:00 UTC",
-            "Observed: 1000 ms",
-            "100 ms mean of the last 10",
-            "130 ms p95",
-            "-0.310",
-            "2 more anomalies",
+            "Since: 2026-11-25 10:00:00 UTC (first slow check)",
+            "Why: median of the last 8 checks 660 ms",
+            "healthy baseline of 220 ms",
+            "19 checks, 2 failed; 3 anomalies (3 critical, 0 high, 0 medium); slowest check 900 ms",
             "http://grafana:3000/d/apimon/api-monitoring?var-api=Git%3CHub%3E",
         ] {
             assert!(m.text.contains(needle), "{needle} in {}", m.text);
         }
+        assert_eq!(m.payload["incidents"][0]["kind"], "slow");
+    }
+
+    #[test]
+    fn a_resolution_says_how_long_it_lasted_and_a_group_lists_every_incident() {
+        let m = notice(
+            &notice_of(Event::Resolve, vec![item("a", Kind::Down)]),
+            "http://g",
+        );
+        assert_eq!(m.subject, "[apimon] RESOLVED: a down after 4m 45s");
+        assert!(
+            m.text
+                .contains("Lasted: 4m 45s (recovered at 2026-11-25 10:04:45 UTC)"),
+            "{}",
+            m.text
+        );
+        assert!(
+            m.text.contains("re-opened 1 time within the flap window"),
+            "{}",
+            m.text
+        );
+        let items: Vec<Item> = (0..50)
+            .map(|i| item(&format!("api{i}"), Kind::Down))
+            .collect();
+        let m = notice(&notice_of(Event::Open, items), "http://g");
+        assert_eq!(
+            m.subject,
+            "[apimon] 50 incidents opened: api0 down, api1 down, api2 down, 47 more"
+        );
+        assert!(m.text.contains("Opened (50 of 50):"), "{}", m.text);
+        assert_eq!(m.payload["incidents"].as_array().unwrap().len(), 50);
+        let m = notice(
+            &notice_of(Event::Reminder, vec![item("a", Kind::Down)]),
+            "http://g",
+        );
+        assert_eq!(m.subject, "[apimon] Still down: a (for 4h 0m)");
     }
 
     #[test]
     fn hostile_values_are_escaped_in_the_html() {
-        let m = alert(
-            &facts("<script>alert('x')</script> & \"quotes\""),
-            "http://g",
-        );
-        assert!(!m.html.contains("<script>"), "{}", m.html);
-        assert!(m.html.contains("&lt;script&gt;"));
-        assert!(m.html.contains("Git&lt;Hub&gt;"));
-        let d = down(
-            "<img src=x onerror=1>",
-            Utc::now(),
-            3,
-            Some("<b>boom</b>"),
+        let m = notice(
+            &notice_of(Event::Open, vec![item("<img src=x onerror=1>", Kind::Down)]),
             "http://g",
         );
         assert!(
-            !d.html.contains("<img") && !d.html.contains("<b>boom"),
+            !m.html.contains("<img") && !m.html.contains("<b>boom"),
             "{}",
-            d.html
+            m.html
         );
+        assert!(m.html.contains("&lt;b&gt;boom"), "{}", m.html);
     }
 
     #[test]
@@ -515,7 +679,6 @@ mod tests {
             critical: 0,
             high: 0,
             medium: 0,
-            suppressed: 0,
             status,
         };
         let mut r = Report {
@@ -524,6 +687,7 @@ mod tests {
             rows: (0..8)
                 .map(|i| row(&format!("a{i}"), Status::Healthy))
                 .collect(),
+            incidents: vec![item("a1", Kind::Down)],
         };
         assert_eq!(r.subject(), "[apimon] Status: all 8 APIs healthy");
         r.rows[0].status = Status::Slow;
@@ -531,6 +695,13 @@ mod tests {
         assert_eq!(r.subject(), "[apimon] Status: 1 down, 1 slow, 6 healthy");
         let m = report(&r, "http://g");
         assert!(m.text.contains("Slow: a0\nDown: a1\n"), "{}", m.text);
+        // Incidents come first: the period ended before the resolution.
+        let open = m
+            .text
+            .find("Open incidents:\n- a1 down (critical) since 2026-11-25 10:00:00 UTC")
+            .unwrap();
+        let slow = m.text.find("Slow: a0").unwrap();
+        assert!(open < slow, "{}", m.text);
         assert_eq!(m.payload["slow"][0], "a0");
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use apimon_core::model::Severity;
+use apimon_core::incidents::IncidentPolicy;
 use apimon_core::{ConfigError, DbConfig, Env};
 use secrecy::SecretString;
 
@@ -125,12 +125,15 @@ impl Retry {
 pub struct AlerterConfig {
     pub db: DbConfig,
     pub channels: Channels,
-    /// Least severity that alerts at once (`ALERT_MIN_SEVERITY`).
-    pub min_severity: Severity,
-    /// No second alert for an API within this time (`ALERT_COOLDOWN`, s).
-    pub cooldown: Duration,
-    /// Consecutive failed checks that make an API down (`ALERT_DOWN_AFTER`).
-    pub down_after: u32,
+    /// The incident rules (read here for `alerter replay`; the detector
+    /// applies them as it scores).
+    pub incidents: IncidentPolicy,
+    /// Incidents opening (or resolving) within this time of each other go
+    /// out as one notification (`ALERT_GROUP_WAIT`, 30 s).
+    pub group_wait: Duration,
+    /// A reminder this often while an incident stays open
+    /// (`ALERT_REPEAT_INTERVAL`, 4 h; 0 turns reminders off).
+    pub repeat_interval: Duration,
     /// Links in messages (`DASHBOARD_URL`).
     pub dashboard_url: String,
     /// Status report period (`ALERT_CHECK_INTERVAL`, s).
@@ -145,8 +148,6 @@ pub struct AlerterConfig {
     pub baseline_window: Duration,
     /// Fallback poll (`ALERT_POLL_INTERVAL`).
     pub poll_interval: Duration,
-    /// How far back anomalies are read for an API never seen (`ALERT_BACKFILL`).
-    pub backfill: Duration,
     pub retry: Retry,
     pub shutdown_grace: Duration,
     /// `/healthz` and `/metrics` (`ALERTER_HTTP_PORT`, 9103; 0 turns it off).
@@ -155,12 +156,14 @@ pub struct AlerterConfig {
 
 impl AlerterConfig {
     pub fn from_env(env: &Env) -> Result<AlerterConfig, ConfigError> {
-        let min_severity = match env.get("ALERT_MIN_SEVERITY") {
-            None => Severity::Critical,
-            Some(v) => v
-                .parse()
-                .map_err(|m: String| ConfigError::new("ALERT_MIN_SEVERITY", m))?,
-        };
+        for gone in ["ALERT_MIN_SEVERITY", "ALERT_COOLDOWN", "ALERT_BACKFILL"] {
+            if env.get(gone).is_some() {
+                tracing::warn!(
+                    variable = gone,
+                    "no longer used: notifications come from incidents (see ALERT_DOWN_AFTER, ALERT_SLOW_RATIO, ALERT_GROUP_WAIT)"
+                );
+            }
+        }
         let dashboard_url = env
             .get("DASHBOARD_URL")
             .unwrap_or("http://localhost:3000")
@@ -197,9 +200,10 @@ impl AlerterConfig {
         Ok(AlerterConfig {
             db: DbConfig::from_env(env)?,
             channels: channels(env)?,
-            min_severity,
-            cooldown: env.duration_or("ALERT_COOLDOWN", Duration::from_secs(600))?,
-            down_after: env.int_in("ALERT_DOWN_AFTER", 3u32, 1..=1000)?,
+            incidents: IncidentPolicy::from_env(env)?,
+            group_wait: env.duration_or("ALERT_GROUP_WAIT", Duration::from_secs(30))?,
+            repeat_interval: env
+                .duration_or("ALERT_REPEAT_INTERVAL", Duration::from_secs(4 * 3600))?,
             dashboard_url,
             report_interval,
             slow_factor,
@@ -207,7 +211,6 @@ impl AlerterConfig {
             report_when_healthy: env.bool_or("STATUS_REPORT_WHEN_HEALTHY", true)?,
             baseline_window: env.duration_or("BASELINE_WINDOW", Duration::from_secs(7 * 86_400))?,
             poll_interval: nonzero(env, "ALERT_POLL_INTERVAL", Duration::from_secs(2))?,
-            backfill: env.duration_or("ALERT_BACKFILL", Duration::from_secs(600))?,
             retry: Retry {
                 max_attempts: env.int_in("ALERT_RETRY_MAX_ATTEMPTS", 20u32, 1..=1000)?,
                 base: nonzero(env, "ALERT_RETRY_BASE", Duration::from_secs(10))?,
@@ -336,8 +339,9 @@ mod tests {
         );
         assert_eq!(email.user, "me@gmail.com");
         assert_eq!(email.to.len(), 2);
-        assert_eq!(cfg.min_severity, Severity::Critical);
-        assert_eq!(cfg.cooldown, Duration::from_secs(600));
+        assert_eq!(cfg.group_wait, Duration::from_secs(30));
+        assert_eq!(cfg.repeat_interval, Duration::from_secs(4 * 3600));
+        assert_eq!(cfg.incidents.down_after, 2);
         assert_eq!(cfg.report_interval, Duration::from_secs(300));
         let debug = format!("{cfg:?}");
         assert!(
@@ -350,12 +354,13 @@ mod tests {
     #[test]
     fn bad_values_name_their_variable() {
         for (k, v) in [
-            ("ALERT_MIN_SEVERITY", "urgent"),
+            ("ALERT_GROUP_WAIT", "a while"),
+            ("ALERT_DOWN_AFTER", "0"),
             ("SMTP_TLS", "maybe"),
             ("SLOW_FACTOR", "0.5"),
             ("SLOW_THRESHOLD_MS", "-3"),
             ("TEAMS_WEBHOOK_URL", "not a url"),
-            ("ALERT_COOLDOWN", "soon"),
+            ("ALERT_REPEAT_INTERVAL", "soon"),
         ] {
             let env = Env::from_pairs([
                 (k, v),

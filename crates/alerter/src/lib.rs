@@ -1,12 +1,15 @@
-//! The alerter: tells people about anomalies at once (with cooldowns),
-//! about APIs that go down and come back, and every few minutes in a status
-//! report; by email and webhooks, through an outbox that loses nothing.
+//! The alerter: tells people about incidents (an API down or slow, as the
+//! detector's incident rules decide) when they open, while they stay open
+//! and when they resolve, grouped and silenced as configured; and every few
+//! minutes in a status report; by email and webhooks, through an outbox
+//! that loses nothing.
 
-pub mod alerts;
 pub mod baseline;
 pub mod channels;
 pub mod compose;
 pub mod config;
+pub mod dispatch;
 pub mod outbox;
+pub mod replay;
 pub mod report;
 pub mod service;

@@ -1,11 +1,15 @@
 //! Status reports: every `ALERT_CHECK_INTERVAL`, a digest of the period:
 //! which APIs were slow and which were down, then one row per API.
 //!
+//! The report lists the open incidents first, then the incidents of the
+//! period (opened or resolved in it, with their durations), then the table.
+//!
 //! An API is **down** over a period when it had checks and none succeeded,
-//! or when it is in an open outage (a down alert without recovery). It is
-//! **slow** when the p95 of its successful checks in the period is above
-//! its baseline p95 times `SLOW_FACTOR`, or above `SLOW_THRESHOLD_MS` when
-//! that is set. **No data**: no check in the period.
+//! or when its `down` incident is open. It is **slow** when its `slow`
+//! incident is open, or when the p95 of its successful checks in the
+//! period is above its baseline p95 times `SLOW_FACTOR`, or above
+//! `SLOW_THRESHOLD_MS` when that is set. **No data**: no check in the
+//! period.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,12 +36,14 @@ pub fn last_period_end(now: DateTime<Utc>, interval: Duration) -> DateTime<Utc> 
 }
 
 /// The status of one API from its period figures.
+#[allow(clippy::too_many_arguments)]
 pub fn classify(
     checks: i64,
     successes: i64,
     p95_ms: Option<f64>,
     baseline: Option<Baseline>,
     open_outage: bool,
+    open_slow: bool,
     slow_factor: f64,
     slow_threshold_ms: Option<f64>,
 ) -> Status {
@@ -50,22 +56,14 @@ pub fn classify(
     let slow_vs_baseline =
         matches!((p95_ms, baseline), (Some(p), Some(b)) if p > b.p95_ms * slow_factor);
     let slow_vs_threshold = matches!((p95_ms, slow_threshold_ms), (Some(p), Some(t)) if p > t);
-    if slow_vs_baseline || slow_vs_threshold {
+    if open_slow || slow_vs_baseline || slow_vs_threshold {
         Status::Slow
     } else {
         Status::Healthy
     }
 }
 
-type Stats = (
-    String,
-    i64,
-    i64,
-    Option<f64>,
-    Option<f64>,
-    Option<DateTime<Utc>>,
-    Option<i32>,
-);
+type Stats = (String, i64, i64, Option<f64>, Option<f64>, bool, bool);
 
 /// Computes the report of `[start, end)`.
 pub async fn build(
@@ -82,12 +80,14 @@ pub async fn build(
                   avg(m.response_time_ms) FILTER (WHERE m.success),
                   percentile_cont(0.95) WITHIN GROUP (ORDER BY m.response_time_ms)
                       FILTER (WHERE m.success),
-                  s.down_since, s.suppressed
+                  EXISTS (SELECT 1 FROM incidents i WHERE i.api_name = e.api_name
+                          AND i.kind = 'down' AND i.state <> 'resolved'),
+                  EXISTS (SELECT 1 FROM incidents i WHERE i.api_name = e.api_name
+                          AND i.kind = 'slow' AND i.state <> 'resolved')
            FROM api_endpoints e
            LEFT JOIN api_metrics m
                   ON m.api_name = e.api_name AND m."timestamp" >= $1 AND m."timestamp" < $2
-           LEFT JOIN alert_state s ON s.api_name = e.api_name
-           GROUP BY e.api_name, s.down_since, s.suppressed
+           GROUP BY e.api_name
            ORDER BY e.api_name"#,
     )
     .bind(start)
@@ -115,7 +115,7 @@ pub async fn build(
     };
     let rows = stats
         .into_iter()
-        .map(|(api, checks, ok, mean, p95, down_since, suppressed)| {
+        .map(|(api, checks, ok, mean, p95, down_open, slow_open)| {
             let baseline = base.get(&api).copied();
             ReportRow {
                 status: classify(
@@ -123,14 +123,14 @@ pub async fn build(
                     ok,
                     p95,
                     baseline,
-                    down_since.is_some(),
+                    down_open,
+                    slow_open,
                     cfg.slow_factor,
                     cfg.slow_threshold_ms,
                 ),
                 critical: get(&api, "critical"),
                 high: get(&api, "high"),
                 medium: get(&api, "medium"),
-                suppressed: i64::from(suppressed.unwrap_or(0)),
                 api_name: api,
                 checks,
                 successes: ok,
@@ -140,7 +140,17 @@ pub async fn build(
             }
         })
         .collect();
-    Ok(Report { start, end, rows })
+    let incidents = apimon_core::db::incidents::for_period(pool, start, end)
+        .await?
+        .iter()
+        .filter_map(crate::dispatch::Item::from_row)
+        .collect();
+    Ok(Report {
+        start,
+        end,
+        rows,
+        incidents,
+    })
 }
 
 /// Writes the report of the last closed period unless some alerter has.
@@ -192,10 +202,6 @@ pub async fn maybe_report(
     }
     let msg = compose::report(&report, &cfg.dashboard_url);
     outbox::queue(&mut tx, &msg, &cfg.channels).await?;
-    // The held-back anomalies are listed now: count afresh from here.
-    sqlx::query("UPDATE alert_state SET suppressed = 0 WHERE suppressed > 0")
-        .execute(&mut *tx)
-        .await?;
     tx.commit().await?;
     tracing::info!(subject = %report.subject(), "status report queued");
     Ok(true)
@@ -226,25 +232,36 @@ mod tests {
             p95_ms: 100.0,
         });
         assert_eq!(
-            classify(20, 20, Some(140.0), b, false, 1.5, None),
+            classify(20, 20, Some(140.0), b, false, false, 1.5, None),
             Status::Healthy
         );
         assert_eq!(
-            classify(20, 20, Some(151.0), b, false, 1.5, None),
+            classify(20, 20, Some(151.0), b, false, false, 1.5, None),
             Status::Slow
         );
         assert_eq!(
-            classify(20, 20, Some(120.0), b, false, 1.5, Some(110.0)),
+            classify(20, 20, Some(120.0), b, false, false, 1.5, Some(110.0)),
             Status::Slow
         );
-        assert_eq!(classify(20, 0, None, b, false, 1.5, None), Status::Down);
         assert_eq!(
-            classify(20, 19, Some(90.0), b, true, 1.5, None),
+            classify(20, 0, None, b, false, false, 1.5, None),
             Status::Down
         );
-        assert_eq!(classify(0, 0, None, b, false, 1.5, None), Status::NoData);
         assert_eq!(
-            classify(20, 20, Some(1000.0), None, false, 1.5, None),
+            classify(20, 19, Some(90.0), b, true, false, 1.5, None),
+            Status::Down
+        );
+        assert_eq!(
+            classify(0, 0, None, b, false, false, 1.5, None),
+            Status::NoData
+        );
+        assert_eq!(
+            classify(20, 20, Some(90.0), b, false, true, 1.5, None),
+            Status::Slow,
+            "an open slow incident"
+        );
+        assert_eq!(
+            classify(20, 20, Some(1000.0), None, false, false, 1.5, None),
             Status::Healthy,
             "no baseline, no threshold"
         );

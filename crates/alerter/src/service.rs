@@ -1,6 +1,6 @@
-//! The alerter service: a decision loop (anomalies → alerts, down and
-//! recovered, status reports) woken by the detector's NOTIFY or a poll, and
-//! a delivery loop draining the outbox.
+//! The alerter service: a decision loop (incident events → grouped
+//! notifications and reminders, status reports) woken by the detector's
+//! NOTIFY or a poll, and a delivery loop draining the outbox.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,10 +13,10 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 
-use crate::alerts;
 use crate::baseline::Baselines;
 use crate::channels::Sender;
 use crate::config::AlerterConfig;
+use crate::dispatch;
 use crate::report;
 
 /// Runs until `shutdown` completes.
@@ -57,24 +57,8 @@ pub async fn run_with_health(
     ));
 
     let mut baselines = Baselines::new(cfg.baseline_window);
-    let mut cursor = loop {
-        match alerts::load_cursor(&pool, cfg.backfill).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(error.message = %e, "cannot read the alerter's progress; retrying");
-                tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
-        }
-    };
     let mut listener = listen(&pool).await;
     let mut poll = tokio::time::interval(cfg.poll_interval);
-    // The down check reads the last checks of every API: with thousands of
-    // APIs it is the alerter's most expensive query, so it runs at most
-    // once per poll interval, not at every notification of the detector.
-    let mut last_down_check: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -87,14 +71,9 @@ pub async fn run_with_health(
             _ = poll.tick() => {}
         }
         health.beat();
-        let down_due = last_down_check.is_none_or(|t| t.elapsed() >= cfg.poll_interval);
-        if down_due {
-            last_down_check = Some(tokio::time::Instant::now());
-        }
-        match step_with(&pool, &cfg, &mut baselines, cursor, down_due).await {
-            Ok((c, queued)) => {
+        match step(&pool, &cfg, &mut baselines).await {
+            Ok(queued) => {
                 health.set_db(true);
-                cursor = c;
                 if queued {
                     wake_delivery.notify_one();
                 }
@@ -112,37 +91,26 @@ pub async fn run_with_health(
     Ok(())
 }
 
-/// One decision pass. Returns the new cursor and whether anything was queued.
+/// One decision pass: incident notifications due now, then the status
+/// report of the period that closed. Returns whether anything was queued.
 pub async fn step(
     pool: &PgPool,
     cfg: &AlerterConfig,
     baselines: &mut Baselines,
-    cursor: chrono::DateTime<Utc>,
-) -> anyhow::Result<(chrono::DateTime<Utc>, bool)> {
-    step_with(pool, cfg, baselines, cursor, true).await
-}
-
-/// [`step`], with the down check only when `check_down` is set.
-async fn step_with(
-    pool: &PgPool,
-    cfg: &AlerterConfig,
-    baselines: &mut Baselines,
-    cursor: chrono::DateTime<Utc>,
-    check_down: bool,
-) -> anyhow::Result<(chrono::DateTime<Utc>, bool)> {
-    let (cursor, alerts) = alerts::process_anomalies(pool, cfg, baselines, cursor).await?;
-    let down = if check_down {
-        alerts::check_down(pool, cfg).await?
-    } else {
-        0
-    };
-    let reported = report::maybe_report(pool, cfg, baselines, Utc::now()).await?;
-    Ok((cursor, alerts + down > 0 || reported))
+) -> anyhow::Result<bool> {
+    let now = Utc::now();
+    // SILENCES-WIRING: replaced when the silences module lands.
+    let check = |_: &str, _: chrono::DateTime<Utc>| -> Option<String> { None };
+    let notices = dispatch::pass(pool, cfg, &check, now).await?;
+    let reported = report::maybe_report(pool, cfg, baselines, now).await?;
+    Ok(notices > 0 || reported)
 }
 
 async fn listen(pool: &PgPool) -> Option<PgListener> {
     let mut l = PgListener::connect_with(pool).await.ok()?;
-    l.listen(db::ANOMALIES_CHANNEL).await.ok()?;
+    l.listen_all([db::ANOMALIES_CHANNEL, db::INCIDENTS_CHANNEL])
+        .await
+        .ok()?;
     Some(l)
 }
 

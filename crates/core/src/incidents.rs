@@ -279,8 +279,12 @@ struct Entry {
     timestamp: DateTime<Utc>,
     /// Response time of a successful check; `None` for a failure.
     ms: Option<f64>,
-    /// Part of an incident: never learnt by the baseline.
+    /// Part of an incident: never learnt by the baseline as it is.
     excluded: bool,
+    /// Seen during a slow incident whose shift is measured: learnt divided
+    /// by the shift, so that the baseline keeps following the API's daily
+    /// cycle while the incident lasts.
+    scale: Option<f64>,
 }
 
 /// What has been seen during an incident.
@@ -413,6 +417,10 @@ pub struct Tracker {
     pub consecutive_successes: u32,
     pub down: Option<Incident>,
     pub slow: Option<Incident>,
+    /// How many times slower than the baseline the current slow incident
+    /// is, measured once its window holds only the incident's checks.
+    #[serde(default)]
+    pub slow_shift: Option<f64>,
     /// The latest checks; rebuilt from `api_metrics` after a restart.
     #[serde(skip)]
     window: VecDeque<Entry>,
@@ -440,6 +448,7 @@ impl Tracker {
             timestamp,
             ms,
             excluded,
+            scale: None,
         });
         while self.window.len() > p.window_len() {
             self.window.pop_front();
@@ -460,10 +469,13 @@ impl Tracker {
             self.consecutive_successes = 0;
         }
         let in_incident = self.current().next().is_some();
+        let slow_open = self.slow.as_ref().is_some_and(|i| i.state == State::Open);
+        let down_current = self.down.is_some();
         self.window.push_back(Entry {
             timestamp: c.timestamp,
             ms,
             excluded: in_incident,
+            scale: self.slow_shift.filter(|_| slow_open && !down_current),
         });
         while self.window.len() > p.window_len() {
             if let Some(old) = self.window.pop_front() {
@@ -482,6 +494,10 @@ impl Tracker {
     /// An entry leaving the window enters the baseline when healthy.
     fn learn(&mut self, p: &IncidentPolicy, e: Entry) {
         let Some(ms) = e.ms else { return };
+        if let Some(shift) = e.scale {
+            self.baseline.learn(ms / shift, p.baseline_checks);
+            return;
+        }
         if e.excluded || self.excluded_until.is_some_and(|t| e.timestamp <= t) {
             return;
         }
@@ -651,6 +667,21 @@ impl Tracker {
                 }
             }
             Some(state) => {
+                // The shift, once the long window holds only the
+                // incident's checks.
+                if state == State::Open && self.slow_shift.is_none() {
+                    let n = p.slow_window as usize;
+                    let opened = self.slow.as_ref().map(|i| i.opened_at);
+                    let inside = self
+                        .kth_latest(n)
+                        .zip(opened)
+                        .is_some_and(|(e, o)| e.timestamp > o);
+                    if inside {
+                        if let Some(m) = self.median_of(n) {
+                            self.slow_shift = Some((m / self.baseline.median_ms()).max(1.0));
+                        }
+                    }
+                }
                 // Peak: the worst fast-window median while it lasts.
                 let fast = self.median_of(p.slow_fast_window as usize);
                 if let (Some(inc), Some(m)) = (self.slow.as_mut(), fast) {
@@ -665,11 +696,9 @@ impl Tracker {
                 match state {
                     State::Open => {
                         let n = p.slow_resolve_window as usize;
-                        let threshold = self.baseline.threshold_ms(
-                            p.slow_ratio,
-                            p.slow_window as usize,
-                            p.slow_min_ms,
-                        );
+                        // Hysteresis: back under the square root of the
+                        // opening ratio (1.14 for 1.3).
+                        let threshold = self.baseline.median_ms() * p.slow_ratio.sqrt();
                         // Only checks of this incident's time count: none
                         // before a recovery that started the rules afresh.
                         let healthy = self.median_of(n).is_some_and(|m| m < threshold);
@@ -788,6 +817,9 @@ impl Tracker {
         }
         if out.last().is_some_and(|t| t.change == Change::Resolved) {
             *self.slot(kind) = None;
+            if kind == Kind::Slow {
+                self.slow_shift = None;
+            }
             let until = end.unwrap_or(c.timestamp);
             self.excluded_until = Some(self.excluded_until.map_or(until, |t| t.max(until)));
         }

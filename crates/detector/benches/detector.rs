@@ -654,7 +654,7 @@ fn bench_scoring(model: Arc<Model>, warm: &[Point], stream: &[Point]) -> ScoreFi
     // The whole engine path, verdict included.
     let mut det = ApiDetector::default();
     for p in warm {
-        det.warm(p.timestamp, p.value, p.success);
+        det.warm(&Default::default(), p.timestamp, p.value, p.success);
     }
     det.model = Some(ActiveModel {
         model,

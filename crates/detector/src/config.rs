@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use apimon_core::incidents::IncidentPolicy;
 use apimon_core::model::{ModelParams, Thresholds};
 use apimon_core::shard::Shard;
 use apimon_core::{ConfigError, DbConfig, Env};
@@ -72,6 +73,8 @@ pub struct DetectorConfig {
     pub shutdown_grace: Duration,
     /// `/healthz` and `/metrics` (`DETECTOR_HTTP_PORT`, 9102; 0 turns it off).
     pub http: Option<std::net::SocketAddr>,
+    /// The incident rules run on every scored check (`ALERT_DOWN_AFTER`…).
+    pub incidents: IncidentPolicy,
 }
 
 impl DetectorConfig {
@@ -87,6 +90,7 @@ impl DetectorConfig {
             batch_limit: env.int_in("DETECTOR_BATCH_LIMIT", 50_000i64, 100..=10_000_000)?,
             shutdown_grace: env.duration_or("SHUTDOWN_GRACE", Duration::from_secs(10))?,
             http: apimon_core::health::http_addr(env, "detector", 9102)?,
+            incidents: IncidentPolicy::from_env(env)?,
         })
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use apimon_core::db::anomalies::AnomalyRow;
 use apimon_core::features::{FeatureState, Features, Observed};
+use apimon_core::incidents::{Check, IncidentPolicy, Tracker, Transition};
 use apimon_core::model::{Model, SeenRange, Severity, Thresholds};
 use chrono::{DateTime, Utc};
 
@@ -45,14 +46,44 @@ pub struct ApiDetector {
     /// training time (see `Model::score_seen`); starts again at each new
     /// model.
     pub seen: Option<(ModelId, SeenRange)>,
+    /// The incident rules' state (see `apimon_core::incidents`).
+    pub incidents: Tracker,
 }
 
 impl ApiDetector {
     /// Feeds one observation without scoring it (warming the state after a
     /// restart).
-    pub fn warm(&mut self, timestamp: DateTime<Utc>, rt: Option<f64>, success: bool) {
+    pub fn warm(
+        &mut self,
+        policy: &IncidentPolicy,
+        timestamp: DateTime<Utc>,
+        rt: Option<f64>,
+        success: bool,
+    ) {
         self.state.push(timestamp, rt, success);
+        self.incidents
+            .warm(policy, timestamp, rt.filter(|_| success));
         self.last_timestamp = Some(timestamp);
+    }
+
+    /// Runs the incident rules on a scored observation.
+    pub fn incidents(
+        &mut self,
+        policy: &IncidentPolicy,
+        v: &Verdict,
+        success: bool,
+        error: Option<&str>,
+    ) -> Vec<Transition> {
+        self.incidents.observe(
+            policy,
+            &Check {
+                timestamp: v.timestamp,
+                response_time_ms: v.response_time_ms,
+                success,
+                severity: v.severity,
+                error,
+            },
+        )
     }
 
     /// Scores one observation. `None` when it is not after the previous one

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use apimon_core::features::{FeatureState, ValueDomain, N_FEATURES};
+use apimon_core::incidents::{IncidentPolicy, Transition};
 use apimon_core::model::{
     ignored_features, Model, ModelParams, Severity, Thresholds, TrainingSpec,
 };
@@ -64,6 +65,17 @@ pub enum TimeFeatures {
 /// not after the previous one (duplicates, a clock going back) are passed
 /// through unscored, so the output has one row per input row.
 pub fn replay(points: &[Point], opts: &ReplayOptions) -> Vec<Scored> {
+    replay_with_incidents(points, opts, None).0
+}
+
+/// [`replay`], also running the incident rules of `policy` (when given) on
+/// every scored observation: the changes of the API's incidents, in order.
+pub fn replay_with_incidents(
+    points: &[Point],
+    opts: &ReplayOptions,
+    policy: Option<&IncidentPolicy>,
+) -> (Vec<Scored>, Vec<Transition>) {
+    let mut changes = Vec::new();
     let mut det = ApiDetector {
         state: FeatureState::with_domain(opts.domain),
         ..ApiDetector::default()
@@ -91,6 +103,9 @@ pub fn replay(points: &[Point], opts: &ReplayOptions) -> Vec<Scored> {
             score: v.score,
             severity: v.severity,
         });
+        if let Some(policy) = policy {
+            changes.extend(det.incidents(policy, &v, p.success, None));
+        }
         if let Some(f) = v.features {
             times.push_back(p.timestamp);
             history.push_back(f.to_array());
@@ -133,7 +148,7 @@ pub fn replay(points: &[Point], opts: &ReplayOptions) -> Vec<Scored> {
             }
         }
     }
-    out
+    (out, changes)
 }
 
 /// Why a CSV could not be read.

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::DetectorConfig;
 use crate::engine::{ActiveModel, ApiDetector};
 use crate::trainer::Trainer;
+use apimon_core::incidents::{Tracker, Transition};
 
 /// How often the list of APIs is re-read from `api_endpoints`.
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
@@ -231,11 +232,23 @@ impl Scorer {
                 .iter()
                 .map(|a| (a.clone(), ApiDetector::default()))
                 .collect();
+            // The incident rules' saved state, then the window rebuilt
+            // from the rows before the watermark.
+            for (api, state) in db::watermarks::incident_states(&self.pool).await? {
+                if let Some(d) = fresh.get_mut(&api) {
+                    match serde_json::from_value::<Tracker>(state) {
+                        Ok(t) => d.incidents = t,
+                        Err(e) => {
+                            tracing::warn!(api = %api, error = %e, "cannot read the saved incident state; starting afresh")
+                        }
+                    }
+                }
+            }
             for (api, ts, rt, ok) in
                 db::metrics::before_watermarks(&self.pool, &marks, WARM_ROWS).await?
             {
                 if let Some(d) = fresh.get_mut(&api) {
-                    d.warm(ts, rt, ok);
+                    d.warm(&self.cfg.incidents, ts, rt, ok);
                 }
             }
             for (api, mark) in marks {
@@ -282,6 +295,7 @@ impl Scorer {
         let mut touched: HashMap<String, ApiDetector> = HashMap::new();
         let mut new_marks: HashMap<String, DateTime<Utc>> = HashMap::new();
         let mut anomalies: Vec<AnomalyRow> = Vec::new();
+        let mut changes: Vec<(String, Vec<Transition>)> = Vec::new();
         for row in &rows {
             let Some(base) = self.apis.get(&row.api_name) else {
                 continue;
@@ -297,8 +311,13 @@ impl Scorer {
                 &self.cfg.thresholds,
             ) {
                 Some(v) => {
-                    if let Some(a) = v.anomaly(&row.api_name, error_text(row).as_deref()) {
+                    let error = error_text(row);
+                    if let Some(a) = v.anomaly(&row.api_name, error.as_deref()) {
                         anomalies.push(a);
+                    }
+                    let t = det.incidents(&self.cfg.incidents, &v, row.success, error.as_deref());
+                    if !t.is_empty() {
+                        changes.push((row.api_name.clone(), t));
                     }
                 }
                 None => tracing::warn!(
@@ -312,7 +331,28 @@ impl Scorer {
         let mut tx = self.pool.begin().await?;
         let inserted = db::anomalies::insert(&mut tx, &anomalies).await?;
         db::watermarks::set(&mut tx, &marks).await?;
+        // The incidents these rows decided, and the rules' state, commit
+        // with the watermark: the alerter's work is handed over with the
+        // data that caused it.
+        for (api, t) in &changes {
+            db::incidents::apply(&mut tx, api, t).await?;
+        }
+        let mut states = Vec::with_capacity(touched.len());
+        for (api, det) in &touched {
+            let current: Vec<_> = det.incidents.current().collect();
+            if !current.is_empty() {
+                db::incidents::refresh(&mut tx, api, &current).await?;
+            }
+            states.push((api.clone(), serde_json::to_value(&det.incidents)?));
+        }
+        db::watermarks::set_incident_state(&mut tx, &states).await?;
         tx.commit().await?;
+        for (api, t) in &changes {
+            for c in t {
+                tracing::info!(api = %api, kind = %c.incident.kind, change = ?c.change, reason = %c.incident.reason, "incident");
+                metrics::counter!("apimon_incident_changes_total", "kind" => c.incident.kind.as_str(), "change" => format!("{:?}", c.change).to_lowercase()).increment(1);
+            }
+        }
         let committed = Utc::now();
         for r in &rows {
             let lag = (committed - r.ingested_at).num_microseconds().unwrap_or(0) as f64 / 1000.0;

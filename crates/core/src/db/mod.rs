@@ -3,6 +3,7 @@
 
 pub mod anomalies;
 pub mod endpoints;
+pub mod incidents;
 pub mod metrics;
 pub mod models;
 pub mod notifications;
@@ -24,6 +25,8 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 pub const METRICS_CHANNEL: &str = "apimon_metrics";
 /// NOTIFY channel the detector signals after inserting `anomalies`.
 pub const ANOMALIES_CHANNEL: &str = "apimon_anomalies";
+/// NOTIFY channel the detector signals when it queues incident events.
+pub const INCIDENTS_CHANNEL: &str = "apimon_incidents";
 
 /// A database failure, with what we were doing when it happened.
 #[derive(Debug, thiserror::Error)]

@@ -37,3 +37,36 @@ pub async fn all(pool: &PgPool) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Er
         .fetch_all(pool)
         .await
 }
+
+/// Saves the incident rules' state of the given APIs (inside the
+/// transaction that moves their watermarks).
+pub async fn set_incident_state(
+    tx: &mut Transaction<'_, Postgres>,
+    states: &[(String, serde_json::Value)],
+) -> Result<(), sqlx::Error> {
+    if states.is_empty() {
+        return Ok(());
+    }
+    let api: Vec<&str> = states.iter().map(|(a, _)| a.as_str()).collect();
+    let st: Vec<&serde_json::Value> = states.iter().map(|(_, s)| s).collect();
+    sqlx::query(
+        r#"UPDATE detector_watermarks w SET incident_state = u.s
+           FROM UNNEST($1::text[], $2::jsonb[]) AS u(a, s) WHERE w.api_name = u.a"#,
+    )
+    .bind(&api)
+    .bind(&st)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The saved incident rules' state of every API that has one.
+pub async fn incident_states(
+    pool: &PgPool,
+) -> Result<Vec<(String, serde_json::Value)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT api_name, incident_state FROM detector_watermarks WHERE incident_state IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+}
