@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use alerter::config::AlerterConfig;
-use apimon_core::db::{self, anomalies::AnomalyRow, metrics::MetricRow, notifications};
+use apimon_core::db::{self, metrics::MetricRow, notifications};
+use apimon_core::incidents::{Change, Evidence, Incident, Kind, State, Transition};
+use apimon_core::model::Severity;
 use apimon_core::{DbConfig, Env};
 use apimon_testkit::http::{HttpServer, Reply};
 use apimon_testkit::smtp::{Mail, SmtpServer};
@@ -42,6 +44,7 @@ fn env(db: &Db, smtp: Option<&SmtpServer>, extra: &[(&str, String)]) -> AlerterC
         ("ALERT_RETRY_MAX_DELAY", "500ms".into()),
         ("ALERT_CHECK_INTERVAL", "1d".into()),
         ("DASHBOARD_URL", "http://grafana.test:3000".into()),
+        ("ALERT_GROUP_WAIT", "1s".into()),
     ];
     if let Some(s) = smtp {
         pairs.extend([
@@ -81,27 +84,49 @@ impl Running {
     }
 }
 
-fn anomaly(api: &str, ts: DateTime<Utc>, severity: &str, details: &str) -> AnomalyRow {
-    AnomalyRow {
-        timestamp: ts.trunc_subsecs(6),
-        api_name: api.into(),
-        response_time_ms: Some(1000.0),
-        anomaly_score: match severity {
-            "critical" => -0.3,
-            "high" => -0.15,
-            _ => -0.05,
+/// An incident as the detector's rules would record it.
+fn incident(kind: Kind, started: DateTime<Utc>, error: &str) -> Incident {
+    Incident {
+        kind,
+        state: State::Open,
+        started_at: started.trunc_subsecs(6),
+        opened_at: (started + chrono::Duration::seconds(15)).trunc_subsecs(6),
+        recovered_at: None,
+        resolved_at: None,
+        severity: Severity::Critical,
+        reason: "2 consecutive failed checks".into(),
+        evidence: Evidence {
+            checks: 2,
+            failures: 2,
+            last_error: Some(error.to_string()),
+            ..Evidence::default()
         },
-        severity: severity.into(),
-        details: details.into(),
-        features: Some(serde_json::json!({"rt": 1000.0, "rolling_mean": 100.0})),
-        model_version: Some(1),
+        flaps: 0,
     }
 }
 
-async fn insert_anomalies(pool: &PgPool, rows: &[AnomalyRow]) {
+/// Writes changes through the detector's own path (`db::incidents::apply`).
+async fn apply(pool: &PgPool, api: &str, changes: Vec<(Change, Incident)>) {
+    let changes: Vec<Transition> = changes
+        .into_iter()
+        .map(|(change, incident)| Transition { change, incident })
+        .collect();
     let mut tx = pool.begin().await.unwrap();
-    db::anomalies::insert(&mut tx, rows).await.unwrap();
+    db::incidents::apply(&mut tx, api, &changes).await.unwrap();
     tx.commit().await.unwrap();
+}
+
+async fn open_down(pool: &PgPool, api: &str, started: DateTime<Utc>, error: &str) -> Incident {
+    let i = incident(Kind::Down, started, error);
+    apply(pool, api, vec![(Change::Opened, i.clone())]).await;
+    i
+}
+
+async fn resolve(pool: &PgPool, api: &str, mut i: Incident, recovered: DateTime<Utc>) {
+    i.state = State::Resolved;
+    i.recovered_at = Some(recovered.trunc_subsecs(6));
+    i.resolved_at = Some(recovered.trunc_subsecs(6));
+    apply(pool, api, vec![(Change::Resolved, i)]).await;
 }
 
 fn metric(api: &str, ts: DateTime<Utc>, rt: Option<f64>) -> MetricRow {
@@ -125,6 +150,15 @@ fn with_subject<'a>(mails: &'a [Mail], needle: &str) -> Vec<&'a Mail> {
         .collect()
 }
 
+/// The mails that are not status reports (a test's alerter may send the
+/// report of the period that closed before it started).
+fn pages(mails: &[Mail]) -> Vec<&Mail> {
+    mails
+        .iter()
+        .filter(|m| !subject(m).starts_with("[apimon] Status:"))
+        .collect()
+}
+
 fn subject(m: &Mail) -> String {
     let parsed = mailparse::parse_mail(m.data.as_bytes()).unwrap();
     parsed
@@ -138,29 +172,23 @@ fn subject(m: &Mail) -> String {
 const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
-async fn a_critical_anomaly_sends_one_multipart_email_with_escaped_values() {
+async fn an_incident_opening_sends_one_multipart_email_with_escaped_values() {
     let db = database(&["api-a"]).await;
     let smtp = SmtpServer::start().await;
     let run = start(env(&db, Some(&smtp), &[]));
-    let t0 = Utc::now();
-    insert_anomalies(
+    let t0 = Utc::now() - chrono::Duration::seconds(20);
+    open_down(
         &db.pool,
-        &[
-            anomaly("api-a", t0 - chrono::Duration::seconds(30), "medium", "meh"),
-            anomaly(
-                "api-a",
-                t0,
-                "critical",
-                "<script>alert('pwned')</script> & more",
-            ),
-        ],
+        "api-a",
+        t0,
+        "connect: <script>alert('pwned')</script> & more",
     )
     .await;
     let mails = smtp
-        .wait_for(WAIT, |m| !with_subject(m, "CRITICAL").is_empty())
+        .wait_for(WAIT, |m| !with_subject(m, "DOWN").is_empty())
         .await;
-    let alerts = with_subject(&mails, "CRITICAL anomaly: api-a");
-    assert_eq!(alerts.len(), 1, "one alert, none for the medium anomaly");
+    let alerts = with_subject(&mails, "DOWN: api-a");
+    assert_eq!(alerts.len(), 1, "one notification");
     let m = alerts[0];
     assert_eq!(m.from, "apimon@example.test");
     assert_eq!(m.to, ["ops@example.test", "oncall@example.test"]);
@@ -192,7 +220,10 @@ async fn a_critical_anomaly_sends_one_multipart_email_with_escaped_values() {
     assert!(!html.contains("<script>"), "{html}");
     assert!(html.contains("&lt;script&gt;"), "{html}");
     assert!(
-        text.contains("Observed: 1000 ms") && text.contains("100 ms mean of the last 10"),
+        text.contains(&format!(
+            "Since: {} (first failed check)",
+            t0.trunc_subsecs(6).format("%Y-%m-%d %H:%M:%S UTC")
+        )) && text.contains("Why: 2 consecutive failed checks"),
         "{text}"
     );
     assert!(
@@ -200,78 +231,156 @@ async fn a_critical_anomaly_sends_one_multipart_email_with_escaped_values() {
         "{text}"
     );
     let rows = notifications::all(&db.pool).await.unwrap();
-    let alert = rows.iter().find(|n| n.kind == "alert").unwrap();
+    let alert = rows.iter().find(|n| n.kind == "incident_open").unwrap();
     assert_eq!((alert.state.as_str(), alert.attempts), ("sent", 1));
     run.stop().await;
 }
 
 #[tokio::test]
-async fn the_cooldown_holds_back_and_counts_then_the_next_alert_lists_them() {
+async fn incidents_opening_together_are_one_email_and_their_recoveries_another() {
+    let apis: Vec<String> = (0..12).map(|i| format!("api-{i:02}")).collect();
+    let names: Vec<&str> = apis.iter().map(String::as_str).collect();
+    let db = database(&names).await;
+    let smtp = SmtpServer::start().await;
+    let run = start(env(&db, Some(&smtp), &[("ALERT_GROUP_WAIT", "3s".into())]));
+    // A network blip: every API fails within a few seconds.
+    let t0 = Utc::now();
+    let mut opened = Vec::new();
+    for (k, api) in names.iter().enumerate() {
+        let started = t0 + chrono::Duration::milliseconds(100 * k as i64);
+        opened.push(open_down(&db.pool, api, started, "connect: refused").await);
+    }
+    smtp.wait_for(WAIT, |m| !with_subject(m, "incidents opened").is_empty())
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let all = smtp.mails();
+    let mails = pages(&all);
+    assert_eq!(
+        mails.len(),
+        1,
+        "one email for the blip: {:?}",
+        mails.iter().map(|m| subject(m)).collect::<Vec<_>>()
+    );
+    assert!(
+        subject(&mails[0]).starts_with("[apimon] 12 incidents opened: api-00 down, api-01 down"),
+        "{}",
+        subject(&mails[0])
+    );
+    // They recover together: one email.
+    for (api, i) in names.iter().zip(opened) {
+        resolve(&db.pool, api, i, Utc::now()).await;
+    }
+    smtp.wait_for(WAIT, |m| !with_subject(m, "incidents resolved").is_empty())
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let everything = smtp.mails();
+    let all = pages(&everything);
+    assert_eq!(
+        all.len(),
+        2,
+        "{:?}",
+        all.iter().map(|m| subject(m)).collect::<Vec<_>>()
+    );
+    assert!(subject(&all[1]).starts_with("[apimon] 12 incidents resolved"));
+    let handled: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT event, outcome FROM incident_events ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(handled.len(), 24);
+    assert!(
+        handled
+            .iter()
+            .all(|(_, o)| o.as_deref() == Some("notified")),
+        "{handled:?}"
+    );
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn reminders_repeat_while_an_incident_stays_open_and_stop_at_its_resolution() {
+    let db = database(&["api-a"]).await;
+    let smtp = SmtpServer::start().await;
+    let run = start(env(
+        &db,
+        Some(&smtp),
+        &[("ALERT_REPEAT_INTERVAL", "2s".into())],
+    ));
+    let i = open_down(
+        &db.pool,
+        "api-a",
+        Utc::now() - chrono::Duration::minutes(1),
+        "timeout",
+    )
+    .await;
+    smtp.wait_for(WAIT, |m| with_subject(m, "Still down: api-a").len() >= 2)
+        .await;
+    resolve(&db.pool, "api-a", i, Utc::now()).await;
+    smtp.wait_for(WAIT, |m| !with_subject(m, "RESOLVED: api-a").is_empty())
+        .await;
+    let reminders = with_subject(&smtp.mails(), "Still down").len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mails = smtp.mails();
+    assert_eq!(with_subject(&mails, "DOWN: api-a").len(), 1);
+    assert_eq!(
+        with_subject(&mails, "Still down").len(),
+        reminders,
+        "no reminder after the resolution"
+    );
+    assert_eq!(with_subject(&mails, "RESOLVED: api-a").len(), 1);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn reminders_are_off_at_zero() {
+    let db = database(&["api-a"]).await;
+    let smtp = SmtpServer::start().await;
+    let run = start(env(
+        &db,
+        Some(&smtp),
+        &[("ALERT_REPEAT_INTERVAL", "0".into())],
+    ));
+    open_down(
+        &db.pool,
+        "api-a",
+        Utc::now() - chrono::Duration::minutes(1),
+        "timeout",
+    )
+    .await;
+    smtp.wait_for(WAIT, |m| !with_subject(m, "DOWN: api-a").is_empty())
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pages(&smtp.mails()).len(), 1);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_committed_thirty_seconds_late_is_still_notified() {
     let db = database(&["api-a"]).await;
     let smtp = SmtpServer::start().await;
     let run = start(env(&db, Some(&smtp), &[]));
-    let t0 = Utc::now() - chrono::Duration::minutes(5);
-    insert_anomalies(&db.pool, &[anomaly("api-a", t0, "critical", "first")]).await;
-    smtp.wait_for(WAIT, |m| with_subject(m, "CRITICAL").len() == 1)
-        .await;
-    // Two more within the 600 s cooldown: held back, counted.
-    insert_anomalies(
-        &db.pool,
-        &[
-            anomaly(
-                "api-a",
-                t0 + chrono::Duration::seconds(60),
-                "critical",
-                "second",
-            ),
-            anomaly(
-                "api-a",
-                t0 + chrono::Duration::seconds(120),
-                "critical",
-                "third",
-            ),
-        ],
+    // The detector's transaction: the incident and its event, held open
+    // 30 s before it commits (an I/O stall, a paused process).
+    let started = Utc::now() - chrono::Duration::seconds(20);
+    let mut tx = db.pool.begin().await.unwrap();
+    let i = incident(Kind::Down, started, "timeout");
+    db::incidents::apply(
+        &mut tx,
+        "api-a",
+        &[Transition {
+            change: Change::Opened,
+            incident: i,
+        }],
     )
-    .await;
-    let held = || async {
-        sqlx::query_scalar::<_, i32>("SELECT suppressed FROM alert_state WHERE api_name = 'api-a'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-    };
-    let start = std::time::Instant::now();
-    while held().await < 2 && start.elapsed() < WAIT {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(held().await, 2);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        with_subject(&smtp.mails(), "CRITICAL").len(),
-        1,
-        "no alert during the cooldown"
-    );
-    // After the cooldown: a new alert that lists the two held back.
-    insert_anomalies(
-        &db.pool,
-        &[anomaly(
-            "api-a",
-            t0 + chrono::Duration::seconds(700),
-            "critical",
-            "fourth",
-        )],
-    )
-    .await;
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(pages(&smtp.mails()).is_empty(), "nothing before the commit");
+    tx.commit().await.unwrap();
     let mails = smtp
-        .wait_for(WAIT, |m| with_subject(m, "CRITICAL").len() == 2)
+        .wait_for(WAIT, |m| !with_subject(m, "DOWN: api-a").is_empty())
         .await;
-    let second = with_subject(&mails, "CRITICAL")[1];
-    let parsed = mailparse::parse_mail(second.data.as_bytes()).unwrap();
-    let text = parsed.subparts[0].get_body().unwrap();
-    assert!(
-        text.contains("2 more anomalies during the cooldown"),
-        "{text}"
-    );
-    assert!(text.contains("Details: fourth"), "{text}");
+    assert_eq!(with_subject(&mails, "DOWN: api-a").len(), 1);
     run.stop().await;
 }
 
@@ -281,16 +390,15 @@ async fn an_smtp_outage_loses_nothing_and_delivers_each_message_once() {
     let mut smtp = SmtpServer::start().await;
     smtp.stop();
     let run = start(env(&db, Some(&smtp), &[]));
-    insert_anomalies(
-        &db.pool,
-        &[anomaly("api-a", Utc::now(), "critical", "while down")],
-    )
-    .await;
+    open_down(&db.pool, "api-a", Utc::now(), "while down").await;
     // Failed attempts are visible in the outbox.
     let start = std::time::Instant::now();
     let failing = loop {
         let rows = notifications::all(&db.pool).await.unwrap();
-        if let Some(n) = rows.iter().find(|n| n.kind == "alert" && n.attempts >= 2) {
+        if let Some(n) = rows
+            .iter()
+            .find(|n| n.kind == "incident_open" && n.attempts >= 2)
+        {
             break n.clone();
         }
         assert!(
@@ -308,17 +416,17 @@ async fn an_smtp_outage_loses_nothing_and_delivers_each_message_once() {
     assert!(smtp.mails().is_empty());
     smtp.restart().await;
     let mails = smtp
-        .wait_for(WAIT, |m| !with_subject(m, "CRITICAL").is_empty())
+        .wait_for(WAIT, |m| !with_subject(m, "DOWN").is_empty())
         .await;
-    assert_eq!(with_subject(&mails, "CRITICAL").len(), 1);
+    assert_eq!(with_subject(&mails, "DOWN").len(), 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        with_subject(&smtp.mails(), "CRITICAL").len(),
+        with_subject(&smtp.mails(), "DOWN").len(),
         1,
         "delivered exactly once"
     );
     let rows = notifications::all(&db.pool).await.unwrap();
-    let sent = rows.iter().find(|n| n.kind == "alert").unwrap();
+    let sent = rows.iter().find(|n| n.kind == "incident_open").unwrap();
     assert_eq!(sent.state, "sent");
     run.stop().await;
 }
@@ -331,76 +439,17 @@ async fn two_alerters_at_once_send_one_email_per_alert() {
     let b = start(env(&db, Some(&smtp), &[]));
     let now = Utc::now();
     for api in ["api-a", "api-b", "api-c"] {
-        insert_anomalies(&db.pool, &[anomaly(api, now, "critical", "x")]).await;
+        open_down(&db.pool, api, now, "x").await;
     }
-    smtp.wait_for(WAIT, |m| with_subject(m, "CRITICAL").len() >= 3)
+    smtp.wait_for(WAIT, |m| !with_subject(m, "incidents opened").is_empty())
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mails = smtp.mails();
-    for api in ["api-a", "api-b", "api-c"] {
-        assert_eq!(
-            with_subject(&mails, &format!("CRITICAL anomaly: {api}")).len(),
-            1,
-            "{api}"
-        );
-    }
+    let all = smtp.mails();
+    let mails = pages(&all);
+    assert_eq!(mails.len(), 1, "one notification for the three, sent once");
+    assert!(subject(mails[0]).starts_with("[apimon] 3 incidents opened"));
     a.stop().await;
     b.stop().await;
-}
-
-#[tokio::test]
-async fn a_down_api_gets_a_down_alert_and_then_a_recovery_message() {
-    let db = database(&["flaky"]).await;
-    let smtp = SmtpServer::start().await;
-    let run = start(env(&db, Some(&smtp), &[]));
-    let t0 = Utc::now() - chrono::Duration::minutes(2);
-    let mut rows: Vec<MetricRow> = (0..5)
-        .map(|i| metric("flaky", t0 + chrono::Duration::seconds(i), Some(100.0)))
-        .collect();
-    rows.extend((5..8).map(|i| metric("flaky", t0 + chrono::Duration::seconds(i), None)));
-    db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
-    let mails = smtp
-        .wait_for(WAIT, |m| !with_subject(m, "DOWN: flaky").is_empty())
-        .await;
-    let down = with_subject(&mails, "DOWN: flaky");
-    assert_eq!(down.len(), 1);
-    let parsed = mailparse::parse_mail(down[0].data.as_bytes()).unwrap();
-    let text = parsed.subparts[0].get_body().unwrap();
-    assert!(text.contains("Failed checks in a row: 3"), "{text}");
-    assert!(
-        text.contains(&format!(
-            "Down since: {}",
-            (t0 + chrono::Duration::seconds(5)).format("%Y-%m-%d %H:%M:%S")
-        )),
-        "{text}"
-    );
-    let html = parsed.subparts[1].get_body().unwrap();
-    assert!(
-        !html.contains("<script>"),
-        "the remote error is escaped: {html}"
-    );
-    // It answers again.
-    db::metrics::insert_batch(
-        &db.pool,
-        &[metric(
-            "flaky",
-            t0 + chrono::Duration::seconds(9),
-            Some(90.0),
-        )],
-    )
-    .await
-    .unwrap();
-    let mails = smtp
-        .wait_for(WAIT, |m| !with_subject(m, "RECOVERED: flaky").is_empty())
-        .await;
-    assert_eq!(with_subject(&mails, "RECOVERED: flaky").len(), 1);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        with_subject(&smtp.mails(), "DOWN: flaky").len(),
-        1,
-        "no second down alert"
-    );
-    run.stop().await;
 }
 
 #[tokio::test]
@@ -433,16 +482,23 @@ async fn a_status_report_lists_one_slow_one_down_and_six_healthy_apis() {
         }
     }
     db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
-    insert_anomalies(
-        &db.pool,
-        &[anomaly(
-            "slowpoke",
-            begin + chrono::Duration::seconds(30),
-            "high",
-            "slow",
-        )],
+    let mut tx = db.pool.begin().await.unwrap();
+    db::anomalies::insert(
+        &mut tx,
+        &[db::anomalies::AnomalyRow {
+            timestamp: begin + chrono::Duration::seconds(30),
+            api_name: "slowpoke".into(),
+            response_time_ms: Some(400.0),
+            anomaly_score: -0.15,
+            severity: "high".into(),
+            details: "slow".into(),
+            features: None,
+            model_version: Some(1),
+        }],
     )
-    .await;
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     let mut baselines = alerter::baseline::Baselines::new(cfg.baseline_window);
     let report = alerter::report::build(&db.pool, &cfg, &mut baselines, begin, end)
         .await
@@ -575,11 +631,7 @@ async fn webhooks_receive_slack_teams_and_generic_json() {
         ],
     );
     let run = start(cfg);
-    insert_anomalies(
-        &db.pool,
-        &[anomaly("api-a", Utc::now(), "critical", "a < b & c")],
-    )
-    .await;
+    open_down(&db.pool, "api-a", Utc::now(), "a < b & c").await;
     let start = std::time::Instant::now();
     while ["/slack", "/teams", "/hook"]
         .iter()
@@ -600,10 +652,7 @@ async fn webhooks_receive_slack_teams_and_generic_json() {
     );
     let teams = body("/teams");
     assert_eq!(teams["@type"], "MessageCard");
-    assert!(teams["title"]
-        .as_str()
-        .unwrap()
-        .contains("CRITICAL anomaly: api-a"));
+    assert!(teams["title"].as_str().unwrap().contains("DOWN: api-a"));
     let hook = body("/hook");
     assert_eq!(hook["kind"], "alert");
     assert_eq!(hook["api"], "api-a");
@@ -624,7 +673,7 @@ async fn a_failing_webhook_is_retried_and_others_are_not_held_up() {
         &[("ALERT_WEBHOOK_URL", hooks.url("/hook"))],
     );
     let run = start(cfg);
-    insert_anomalies(&db.pool, &[anomaly("api-a", Utc::now(), "critical", "x")]).await;
+    open_down(&db.pool, "api-a", Utc::now(), "x").await;
     smtp.wait_for(WAIT, |m| !m.is_empty()).await;
     let start = std::time::Instant::now();
     while hooks.hits("/hook") < 3 && start.elapsed() < WAIT {
@@ -652,11 +701,11 @@ async fn a_failing_webhook_is_retried_and_others_are_not_held_up() {
 async fn without_channels_notifications_are_recorded_as_skipped() {
     let db = database(&["api-a"]).await;
     let run = start(env(&db, None, &[]));
-    insert_anomalies(&db.pool, &[anomaly("api-a", Utc::now(), "critical", "x")]).await;
+    open_down(&db.pool, "api-a", Utc::now(), "x").await;
     let start = std::time::Instant::now();
     loop {
         let rows = notifications::all(&db.pool).await.unwrap();
-        if let Some(n) = rows.iter().find(|n| n.kind == "alert") {
+        if let Some(n) = rows.iter().find(|n| n.kind == "incident_open") {
             assert_eq!((n.channel.as_str(), n.state.as_str()), ("none", "skipped"));
             break;
         }
@@ -744,8 +793,8 @@ async fn the_binary_serves_healthz_and_metrics() {
         assert!(start.elapsed() < WAIT, "/healthz never answered 200");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    insert_anomalies(&db.pool, &[anomaly("api-a", Utc::now(), "critical", "x")]).await;
-    smtp.wait_for(WAIT, |m| !with_subject(m, "CRITICAL").is_empty())
+    open_down(&db.pool, "api-a", Utc::now(), "x").await;
+    smtp.wait_for(WAIT, |m| !with_subject(m, "DOWN").is_empty())
         .await;
     let start = std::time::Instant::now();
     loop {
@@ -779,6 +828,7 @@ async fn two_alerter_processes_at_once_send_one_email() {
         alerter_binary(&db, &smtp)
             .env("ALERTER_HTTP_PORT", "0")
             .env("ALERT_POLL_INTERVAL", "200ms")
+            .env("ALERT_GROUP_WAIT", "1s")
             .env("ALERT_CHECK_INTERVAL", "1d")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -789,20 +839,15 @@ async fn two_alerter_processes_at_once_send_one_email() {
     // Both running: wait until each has created its progress cursor.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let now = Utc::now();
-    insert_anomalies(
-        &db.pool,
-        &[
-            anomaly("api-a", now, "critical", "x"),
-            anomaly("api-b", now, "critical", "y"),
-        ],
-    )
-    .await;
-    smtp.wait_for(WAIT, |m| with_subject(m, "CRITICAL").len() >= 2)
+    open_down(&db.pool, "api-a", now, "x").await;
+    open_down(&db.pool, "api-b", now, "y").await;
+    smtp.wait_for(WAIT, |m| !with_subject(m, "incidents opened").is_empty())
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mails = smtp.mails();
-    assert_eq!(with_subject(&mails, "CRITICAL anomaly: api-a").len(), 1);
-    assert_eq!(with_subject(&mails, "CRITICAL anomaly: api-b").len(), 1);
+    let all = smtp.mails();
+    let mails = pages(&all);
+    assert_eq!(mails.len(), 1, "one notification, sent once");
+    assert!(subject(mails[0]).starts_with("[apimon] 2 incidents opened"));
     for c in [&mut a, &mut b] {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
