@@ -599,11 +599,12 @@ async fn webhooks_receive_slack_teams_and_generic_json() {
         "{slack}"
     );
     let teams = body("/teams");
-    assert_eq!(teams["@type"], "MessageCard");
-    assert!(teams["title"]
+    let card = &teams["attachments"][0]["content"];
+    assert_eq!(card["type"], "AdaptiveCard");
+    assert!(card["body"][0]["text"]
         .as_str()
         .unwrap()
-        .contains("CRITICAL anomaly: api-a"));
+        .contains("CRITICAL anomaly: api\\-a"));
     let hook = body("/hook");
     assert_eq!(hook["kind"], "alert");
     assert_eq!(hook["api"], "api-a");
