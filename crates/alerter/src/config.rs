@@ -65,14 +65,27 @@ impl fmt::Debug for WebhookUrl {
     }
 }
 
+/// What is posted to the Teams webhook (`TEAMS_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TeamsFormat {
+    /// An Adaptive Card in a message, as Teams Workflows webhooks ("Post
+    /// to a channel when a webhook request is received") take it.
+    #[default]
+    Adaptive,
+    /// The MessageCard of the retired Office 365 connectors.
+    MessageCard,
+}
+
 /// The delivery channels; each is enabled by its variables.
 #[derive(Debug, Clone, Default)]
 pub struct Channels {
     pub email: Option<EmailConfig>,
     /// `SLACK_WEBHOOK_URL`: a Slack incoming webhook.
     pub slack: Option<WebhookUrl>,
-    /// `TEAMS_WEBHOOK_URL`: a Microsoft Teams incoming webhook.
+    /// `TEAMS_WEBHOOK_URL`: a Microsoft Teams (Workflows) webhook.
     pub teams: Option<WebhookUrl>,
+    /// The card format the Teams webhook takes.
+    pub teams_format: TeamsFormat,
     /// `ALERT_WEBHOOK_URL`: any endpoint taking our JSON.
     pub webhook: Option<WebhookUrl>,
 }
@@ -308,10 +321,25 @@ fn channels(env: &Env) -> Result<Channels, ConfigError> {
             })
         }
     };
+    let teams_format = match env
+        .get("TEAMS_FORMAT")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("adaptive") => TeamsFormat::Adaptive,
+        Some("messagecard") => TeamsFormat::MessageCard,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "TEAMS_FORMAT",
+                format!("expected adaptive or messagecard, got `{other}`"),
+            ))
+        }
+    };
     Ok(Channels {
         email,
         slack: webhook(env, "SLACK_WEBHOOK_URL")?,
         teams: webhook(env, "TEAMS_WEBHOOK_URL")?,
+        teams_format,
         webhook: webhook(env, "ALERT_WEBHOOK_URL")?,
     })
 }
@@ -349,6 +377,22 @@ mod tests {
             "{debug}"
         );
         assert_eq!(cfg.channels.names(), ["email", "slack"]);
+        assert_eq!(cfg.channels.teams_format, TeamsFormat::Adaptive);
+    }
+
+    #[test]
+    fn teams_format_is_adaptive_or_messagecard() {
+        for (v, want) in [
+            ("adaptive", TeamsFormat::Adaptive),
+            ("MessageCard", TeamsFormat::MessageCard),
+            (" messagecard ", TeamsFormat::MessageCard),
+        ] {
+            let env = Env::from_pairs([("TEAMS_FORMAT", v)]);
+            assert_eq!(
+                AlerterConfig::from_env(&env).unwrap().channels.teams_format,
+                want
+            );
+        }
     }
 
     #[test]
@@ -361,6 +405,7 @@ mod tests {
             ("SLOW_THRESHOLD_MS", "-3"),
             ("TEAMS_WEBHOOK_URL", "not a url"),
             ("ALERT_REPEAT_INTERVAL", "soon"),
+            ("TEAMS_FORMAT", "connector"),
         ] {
             let env = Env::from_pairs([
                 (k, v),

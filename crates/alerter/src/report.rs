@@ -81,9 +81,11 @@ pub async fn build(
                   percentile_cont(0.95) WITHIN GROUP (ORDER BY m.response_time_ms)
                       FILTER (WHERE m.success),
                   EXISTS (SELECT 1 FROM incidents i WHERE i.api_name = e.api_name
-                          AND i.kind = 'down' AND i.state <> 'resolved'),
+                          AND i.kind = 'down' AND i.opened_at < $2
+                          AND (i.resolved_at IS NULL OR i.resolved_at >= $2)),
                   EXISTS (SELECT 1 FROM incidents i WHERE i.api_name = e.api_name
-                          AND i.kind = 'slow' AND i.state <> 'resolved')
+                          AND i.kind = 'slow' AND i.opened_at < $2
+                          AND (i.resolved_at IS NULL OR i.resolved_at >= $2))
            FROM api_endpoints e
            LEFT JOIN api_metrics m
                   ON m.api_name = e.api_name AND m."timestamp" >= $1 AND m."timestamp" < $2

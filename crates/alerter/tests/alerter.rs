@@ -33,6 +33,16 @@ async fn database(apis: &[&str]) -> Db {
         .collect();
     let eps = apimon_core::apis::parse(&toml, "test", &Env::default()).unwrap();
     db::endpoints::upsert(&pool, &eps).await.unwrap();
+    // The tests' alerters report daily (ALERT_CHECK_INTERVAL=1d): the
+    // report of the day that closed before the test is taken as sent.
+    let end = alerter::report::last_period_end(Utc::now(), Duration::from_secs(86_400));
+    sqlx::query(
+        "INSERT INTO status_reports (period_end, period_start) VALUES ($1, $1 - interval '1 day')",
+    )
+    .bind(end)
+    .execute(&pool)
+    .await
+    .unwrap();
     Db { url: t.url, pool }
 }
 
@@ -651,13 +661,19 @@ async fn webhooks_receive_slack_teams_and_generic_json() {
         "{slack}"
     );
     let teams = body("/teams");
-    assert_eq!(teams["@type"], "MessageCard");
-    assert!(teams["title"].as_str().unwrap().contains("DOWN: api-a"));
+    let card = &teams["attachments"][0]["content"];
+    assert_eq!(card["type"], "AdaptiveCard");
+    assert!(card["body"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("DOWN: api\\-a"));
     let hook = body("/hook");
-    assert_eq!(hook["kind"], "alert");
-    assert_eq!(hook["api"], "api-a");
-    assert_eq!(hook["severity"], "critical");
-    assert_eq!(hook["details"], "a < b & c");
+    assert_eq!(hook["kind"], "incident_open");
+    assert_eq!(hook["event"], "open");
+    assert_eq!(hook["incidents"][0]["api"], "api-a");
+    assert_eq!(hook["incidents"][0]["kind"], "down");
+    assert_eq!(hook["incidents"][0]["severity"], "critical");
+    assert_eq!(hook["incidents"][0]["evidence"]["last_error"], "a < b & c");
     run.stop().await;
 }
 

@@ -173,7 +173,8 @@ pub async fn all(pool: &PgPool) -> Result<Vec<IncidentRow>, sqlx::Error> {
         .await
 }
 
-/// Incidents not resolved, and those resolved in `[from, to)`, by opening.
+/// Incidents open at some time in `[from, to)`: open at its end, or opened
+/// or resolved in it; by opening.
 pub async fn for_period(
     pool: &PgPool,
     from: DateTime<Utc>,
@@ -181,9 +182,7 @@ pub async fn for_period(
 ) -> Result<Vec<IncidentRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM incidents i
-         WHERE (i.state <> 'resolved' AND i.opened_at < $2)
-            OR (i.resolved_at >= $1 AND i.resolved_at < $2)
-            OR (i.opened_at >= $1 AND i.opened_at < $2)
+         WHERE i.opened_at < $2 AND (i.resolved_at IS NULL OR i.resolved_at >= $1)
          ORDER BY i.opened_at, i.id"
     ))
     .bind(from)
