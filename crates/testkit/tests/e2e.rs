@@ -109,12 +109,8 @@ async fn a_slow_and_a_dead_endpoint_are_detected_alerted_and_reported() {
         }
     }
 
-    // The alerts: one per faulty API, and a down alert.
-    let expected = [
-        "[apimon] CRITICAL anomaly: slow",
-        "[apimon] CRITICAL anomaly: dead",
-        "[apimon] DOWN: dead",
-    ];
+    // The notifications: one incident each, not one per anomaly.
+    let expected = ["[apimon] DOWN: dead", "[apimon] SLOW: slow"];
     let mails = stack
         .smtp
         .wait_for(Duration::from_secs(30), |m| {
@@ -125,6 +121,26 @@ async fn a_slow_and_a_dead_endpoint_are_detected_alerted_and_reported() {
         if count(&mails, s) == 0 {
             unmet.push(format!("no email `{s}` within 30 s"));
         }
+    }
+    let incidents: Vec<(String, String)> =
+        sqlx::query_as("SELECT api_name, kind FROM incidents ORDER BY id")
+            .fetch_all(&stack.pool)
+            .await
+            .unwrap();
+    if incidents
+        != [
+            ("dead".to_string(), "down".to_string()),
+            ("slow".to_string(), "slow".to_string()),
+        ]
+        && incidents
+            != [
+                ("slow".to_string(), "slow".to_string()),
+                ("dead".to_string(), "down".to_string()),
+            ]
+    {
+        unmet.push(format!(
+            "incidents: {incidents:?}, want one down for `dead` and one slow for `slow`"
+        ));
     }
 
     // A status report that lists the slow and the down API.
@@ -150,26 +166,35 @@ async fn a_slow_and_a_dead_endpoint_are_detected_alerted_and_reported() {
     let mails = stack
         .smtp
         .wait_for(Duration::from_secs(30), |m| {
-            count(m, "[apimon] RECOVERED: dead") > 0
+            count(m, "[apimon] RESOLVED: dead down") > 0
         })
         .await;
-    if count(&mails, "[apimon] RECOVERED: dead") == 0 {
+    if count(&mails, "[apimon] RESOLVED: dead down") == 0 {
         unmet.push("no recovery message for `dead` within 30 s of its return".into());
     }
 
-    // Within the cooldown: exactly one alert per faulty API, none for the
-    // healthy ones.
+    // Exactly one opening and one recovery; nothing for the healthy ones.
     let mails = stack.smtp.mails();
-    for s in expected.iter().copied().chain(["[apimon] RECOVERED: dead"]) {
+    for s in expected
+        .iter()
+        .copied()
+        .chain(["[apimon] RESOLVED: dead down"])
+    {
         let n = count(&mails, s);
         if n > 1 {
-            unmet.push(format!("{n} emails `{s}` within the cooldown, want one"));
+            unmet.push(format!("{n} emails `{s}`, want one"));
         }
     }
     for h in HEALTHY {
-        let n = count(&mails, &format!("[apimon] CRITICAL anomaly: {h}"));
+        let n = mails
+            .iter()
+            .filter(|m| {
+                !subject(m).starts_with("[apimon] Status:")
+                    && text(m).contains(&format!("API: {h}\n"))
+            })
+            .count();
         if n > 0 {
-            unmet.push(format!("{n} critical alerts for the healthy `{h}`"));
+            unmet.push(format!("{n} notifications about the healthy `{h}`"));
         }
     }
 

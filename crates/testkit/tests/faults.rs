@@ -59,9 +59,8 @@ async fn sigkill_of_each_service_in_turn_loses_and_duplicates_nothing() {
     let stack = Stack::new(
         &t.url,
         &endpoints,
-        // Models early (the restarted detector loads them), and a short
-        // cooldown so that each outage gives an alert of its own.
-        &[("MIN_TRAINING_SAMPLES", "10"), ("ALERT_COOLDOWN", "5")],
+        // Models early (the restarted detector loads them).
+        &[("MIN_TRAINING_SAMPLES", "10")],
     )
     .await;
     let (mut pinger, mut detector, mut alerter) = stack.start_all().await;
@@ -108,13 +107,13 @@ async fn sigkill_of_each_service_in_turn_loses_and_duplicates_nothing() {
     alerter.restart();
     alerter.wait_health(200, WAIT).await;
     let all = [&pinger, &detector, &alerter];
-    wait_mails(&stack, "[apimon] RECOVERED: flappy", 1, &all).await;
+    wait_mails(&stack, "[apimon] RESOLVED: flappy down", 1, &all).await;
 
     // A second outage, handled by the restarted processes.
     stack.web.set("/flappy", down());
     wait_mails(&stack, "[apimon] DOWN: flappy", 2, &all).await;
     stack.web.set("/flappy", ok());
-    wait_mails(&stack, "[apimon] RECOVERED: flappy", 2, &all).await;
+    wait_mails(&stack, "[apimon] RESOLVED: flappy down", 2, &all).await;
 
     stop(&mut pinger);
     let all = [&pinger, &detector, &alerter];
@@ -179,10 +178,14 @@ async fn sigkill_of_each_service_in_turn_loses_and_duplicates_nothing() {
     stack.assert_each_email_sent_once().await;
     let mails = stack.smtp.mails();
     assert_eq!(count(&mails, "[apimon] DOWN: flappy"), 2);
-    assert_eq!(count(&mails, "[apimon] RECOVERED: flappy"), 2);
-    assert!(
-        count(&mails, "[apimon] CRITICAL anomaly: flappy") >= 2,
-        "an alert for each outage"
+    assert_eq!(count(&mails, "[apimon] RESOLVED: flappy down"), 2);
+    // Incidents, not anomalies, page: no anomaly alert at all.
+    assert_eq!(
+        mails
+            .iter()
+            .filter(|m| helpers::subject(m).contains("anomaly"))
+            .count(),
+        0
     );
 }
 
@@ -239,7 +242,6 @@ async fn a_30_s_database_outage_is_buffered_reported_on_healthz_and_survived() {
     }
     // The outage's alerts go out once the database is back.
     wait_mails(&stack, "[apimon] DOWN: doomed", 1, &all).await;
-    wait_mails(&stack, "[apimon] CRITICAL anomaly: doomed", 1, &all).await;
 
     stop(&mut pinger);
     let all = [&pinger, &detector, &alerter];
@@ -269,7 +271,6 @@ async fn a_30_s_database_outage_is_buffered_reported_on_healthz_and_survived() {
     stack.assert_each_email_sent_once().await;
     let mails = stack.smtp.mails();
     assert_eq!(count(&mails, "[apimon] DOWN: doomed"), 1);
-    assert_eq!(count(&mails, "[apimon] CRITICAL anomaly: doomed"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,9 +316,8 @@ async fn an_smtp_outage_keeps_notifications_in_the_outbox_until_they_go_out_once
 
     stack.smtp.restart().await;
     wait_mails(&stack, "[apimon] DOWN: doomed", 1, &all).await;
-    wait_mails(&stack, "[apimon] CRITICAL anomaly: doomed", 1, &all).await;
     stack.web.set("/doomed", ok());
-    wait_mails(&stack, "[apimon] RECOVERED: doomed", 1, &all).await;
+    wait_mails(&stack, "[apimon] RESOLVED: doomed down", 1, &all).await;
 
     stop(&mut pinger);
     let all = [&pinger, &detector, &alerter];
@@ -327,11 +327,7 @@ async fn an_smtp_outage_keeps_notifications_in_the_outbox_until_they_go_out_once
 
     stack.assert_each_email_sent_once().await;
     let mails = stack.smtp.mails();
-    for s in [
-        "[apimon] DOWN: doomed",
-        "[apimon] CRITICAL anomaly: doomed",
-        "[apimon] RECOVERED: doomed",
-    ] {
+    for s in ["[apimon] DOWN: doomed", "[apimon] RESOLVED: doomed down"] {
         assert_eq!(count(&mails, s), 1, "{s}");
     }
     let retried = stack
@@ -398,9 +394,8 @@ async fn two_replicas_of_each_service_check_score_and_send_everything_exactly_on
 
     stack.web.set("/doomed", down());
     wait_mails(&stack, "[apimon] DOWN: doomed", 1, &all).await;
-    wait_mails(&stack, "[apimon] CRITICAL anomaly: doomed", 1, &all).await;
     stack.web.set("/doomed", ok());
-    wait_mails(&stack, "[apimon] RECOVERED: doomed", 1, &all).await;
+    wait_mails(&stack, "[apimon] RESOLVED: doomed down", 1, &all).await;
     // Status reports from both alerters' loops: at least two periods.
     let reports = eventually(WAIT, || async {
         stack
@@ -451,11 +446,7 @@ async fn two_replicas_of_each_service_check_score_and_send_everything_exactly_on
     // Every alert and report sent once.
     stack.assert_each_email_sent_once().await;
     let mails = stack.smtp.mails();
-    for s in [
-        "[apimon] DOWN: doomed",
-        "[apimon] CRITICAL anomaly: doomed",
-        "[apimon] RECOVERED: doomed",
-    ] {
+    for s in ["[apimon] DOWN: doomed", "[apimon] RESOLVED: doomed down"] {
         assert_eq!(count(&mails, s), 1, "{s}");
     }
     assert_eq!(

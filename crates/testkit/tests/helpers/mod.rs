@@ -77,6 +77,13 @@ impl Stack {
             ("ALERT_RETRY_BASE", "500ms".into()),
             ("ALERT_RETRY_MAX_DELAY", "2s".into()),
             ("ALERT_CHECK_INTERVAL", "1d".into()),
+            // Incident rules scaled to the 1 s interval: a baseline after
+            // 20 checks, a 3 s flap window, each opening sent at once.
+            ("ALERT_GROUP_WAIT", "0s".into()),
+            ("ALERT_FLAP_WINDOW", "3s".into()),
+            ("ALERT_BASELINE_MIN_CHECKS", "20".into()),
+            ("ALERT_SLOW_WINDOW", "20".into()),
+            ("ALERT_SLOW_RESOLVE_WINDOW", "8".into()),
             ("ALERT_EMAIL_FROM", "apimon@example.test".into()),
             ("ALERT_EMAIL_TO", "ops@example.test".into()),
             ("SMTP_HOST", "127.0.0.1".into()),
@@ -310,8 +317,16 @@ pub fn text(m: &Mail) -> String {
 }
 
 /// How many of `mails` have exactly this subject.
+/// Emails whose subject is `subj` or starts with `subj ` (an incident's
+/// subject goes on with its reason).
 pub fn count(mails: &[Mail], subj: &str) -> usize {
-    mails.iter().filter(|m| subject(m) == subj).count()
+    mails
+        .iter()
+        .filter(|m| {
+            let s = subject(m);
+            s == subj || s.starts_with(&format!("{subj} "))
+        })
+        .count()
 }
 
 /// Every failed check has an anomaly with the failure rule's score for its
