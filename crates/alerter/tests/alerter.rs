@@ -272,9 +272,9 @@ async fn incidents_opening_together_are_one_email_and_their_recoveries_another()
         mails.iter().map(|m| subject(m)).collect::<Vec<_>>()
     );
     assert!(
-        subject(&mails[0]).starts_with("[apimon] 12 incidents opened: api-00 down, api-01 down"),
+        subject(mails[0]).starts_with("[apimon] 12 incidents opened: api-00 down, api-01 down"),
         "{}",
-        subject(&mails[0])
+        subject(mails[0])
     );
     // They recover together: one email.
     for (api, i) in names.iter().zip(opened) {
@@ -291,7 +291,7 @@ async fn incidents_opening_together_are_one_email_and_their_recoveries_another()
         "{:?}",
         all.iter().map(|m| subject(m)).collect::<Vec<_>>()
     );
-    assert!(subject(&all[1]).starts_with("[apimon] 12 incidents resolved"));
+    assert!(subject(all[1]).starts_with("[apimon] 12 incidents resolved"));
     let handled: Vec<(String, Option<String>)> =
         sqlx::query_as("SELECT event, outcome FROM incident_events ORDER BY id")
             .fetch_all(&db.pool)

@@ -289,17 +289,17 @@ async fn an_smtp_outage_keeps_notifications_in_the_outbox_until_they_go_out_once
     let sent_before = stack.smtp.mails().len();
     stack.smtp.stop();
     stack.web.set("/doomed", down());
-    // The down alert and the critical alert wait in the outbox, tried and
-    // failed at least twice each.
+    // The down incident's notification waits in the outbox, tried and
+    // failed at least twice.
     let waiting = eventually(WAIT, || async {
         stack
             .scalar(
                 "SELECT count(*) FROM notifications WHERE api_name = 'doomed'
-                 AND kind IN ('alert', 'down') AND state = 'pending'
+                 AND kind = 'incident_open' AND state = 'pending'
                  AND attempts >= 2 AND last_error IS NOT NULL",
             )
             .await
-            == 2
+            == 1
     })
     .await;
     assert!(
@@ -333,10 +333,10 @@ async fn an_smtp_outage_keeps_notifications_in_the_outbox_until_they_go_out_once
     let retried = stack
         .scalar(
             "SELECT count(*) FROM notifications WHERE api_name = 'doomed'
-             AND kind IN ('alert', 'down') AND state = 'sent' AND attempts >= 3",
+             AND kind = 'incident_open' AND state = 'sent' AND attempts >= 3",
         )
         .await;
-    assert_eq!(retried, 2, "both sent after their failed attempts");
+    assert_eq!(retried, 1, "sent after its failed attempts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
