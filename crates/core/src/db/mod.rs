@@ -6,6 +6,7 @@ pub mod endpoints;
 pub mod metrics;
 pub mod models;
 pub mod notifications;
+pub mod silences;
 pub mod watermarks;
 
 use std::fmt;
