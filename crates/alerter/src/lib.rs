@@ -10,3 +10,4 @@ pub mod config;
 pub mod outbox;
 pub mod report;
 pub mod service;
+pub mod silence;
