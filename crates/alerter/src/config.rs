@@ -1,9 +1,13 @@
-//! The alerter's configuration, read from the environment.
+//! The alerter's configuration, read from the environment and the
+//! `[[maintenance]]` entries of the endpoints file.
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
+use apimon_core::apis;
 use apimon_core::incidents::IncidentPolicy;
+use apimon_core::maintenance::MaintenanceWindow;
 use apimon_core::{ConfigError, DbConfig, Env};
 use secrecy::SecretString;
 
@@ -165,6 +169,10 @@ pub struct AlerterConfig {
     pub shutdown_grace: Duration,
     /// `/healthz` and `/metrics` (`ALERTER_HTTP_PORT`, 9103; 0 turns it off).
     pub http: Option<std::net::SocketAddr>,
+    /// Recurring windows in which incidents are recorded but not notified:
+    /// the `[[maintenance]]` entries of the endpoints file (`APIS_FILE`;
+    /// none when it is unset and `./apis.toml` does not exist).
+    pub maintenance: Vec<MaintenanceWindow>,
 }
 
 impl AlerterConfig {
@@ -231,7 +239,21 @@ impl AlerterConfig {
             },
             shutdown_grace: env.duration_or("SHUTDOWN_GRACE", Duration::from_secs(10))?,
             http: apimon_core::health::http_addr(env, "alerter", 9103)?,
+            maintenance: maintenance(env, Path::new(DEFAULT_APIS_FILE))?,
         })
+    }
+}
+
+/// Where the endpoints file is when `APIS_FILE` is unset (as for the pinger).
+pub const DEFAULT_APIS_FILE: &str = "./apis.toml";
+
+/// The maintenance windows of `APIS_FILE`, which must be readable when it
+/// is set; else of `default` when that file exists; else none.
+pub fn maintenance(env: &Env, default: &Path) -> Result<Vec<MaintenanceWindow>, ConfigError> {
+    match env.get("APIS_FILE") {
+        Some(path) => apis::load_maintenance(Path::new(path)),
+        None if default.exists() => apis::load_maintenance(default),
+        None => Ok(Vec::new()),
     }
 }
 
@@ -427,6 +449,55 @@ mod tests {
             AlerterConfig::from_env(&env).unwrap_err().key,
             "ALERT_EMAIL_TO"
         );
+    }
+
+    #[test]
+    fn maintenance_windows_come_from_apis_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("apis.toml");
+        std::fs::write(
+            &file,
+            "[[api]]\nname = \"A\"\nurl = \"http://a.test\"\nheaders = { X = \"${UNSET_TOKEN}\" }\n\
+             [[maintenance]]\napi = \"A*\"\ncron = \"0 2 * * SUN\"\nduration = \"2h\"\nreason = \"db\"\n",
+        )
+        .unwrap();
+        let env = Env::from_pairs([("APIS_FILE", file.display().to_string())]);
+        let cfg = AlerterConfig::from_env(&env).unwrap();
+        assert_eq!(
+            cfg.maintenance.len(),
+            1,
+            "the endpoints' variables are not needed"
+        );
+        assert_eq!(cfg.maintenance[0].reason.as_deref(), Some("db"));
+        // Without APIS_FILE the default file is read when it exists.
+        let windows = maintenance(&Env::default(), &file).unwrap();
+        assert_eq!(windows.len(), 1);
+    }
+
+    #[test]
+    fn no_apis_file_and_no_default_file_means_no_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("apis.toml");
+        assert!(maintenance(&Env::default(), &missing).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_apis_file_or_a_bad_window_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let env = Env::from_pairs([("APIS_FILE", missing.display().to_string())]);
+        assert_eq!(AlerterConfig::from_env(&env).unwrap_err().key, "APIS_FILE");
+        let file = dir.path().join("apis.toml");
+        std::fs::write(
+            &file,
+            "[[maintenance]]\ncron = \"0 2 * * SUN\"\nduration = \"2h\"\n\
+             [[maintenance]]\nweekdays = [\"someday\"]\nstart = \"22:00\"\nduration = \"2h\"\n",
+        )
+        .unwrap();
+        let env = Env::from_pairs([("APIS_FILE", file.display().to_string())]);
+        let err = AlerterConfig::from_env(&env).unwrap_err();
+        assert_eq!(err.key, format!("{}: maintenance[1]", file.display()));
+        assert!(err.message.contains("someday"), "{err}");
     }
 
     #[test]

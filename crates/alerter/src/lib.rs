@@ -13,3 +13,4 @@ pub mod outbox;
 pub mod replay;
 pub mod report;
 pub mod service;
+pub mod silence;

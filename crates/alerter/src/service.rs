@@ -99,8 +99,9 @@ pub async fn step(
     baselines: &mut Baselines,
 ) -> anyhow::Result<bool> {
     let now = Utc::now();
-    // SILENCES-WIRING: replaced when the silences module lands.
-    let check = |_: &str, _: chrono::DateTime<Utc>| -> Option<String> { None };
+    let silences = apimon_core::db::silences::active_at(pool, now).await?;
+    let silencer = crate::silence::Silencer::from_config(cfg);
+    let check = |api: &str, at: chrono::DateTime<Utc>| silencer.why_silenced(api, at, &silences);
     let notices = dispatch::pass(pool, cfg, &check, now).await?;
     let reported = report::maybe_report(pool, cfg, baselines, now).await?;
     Ok(notices > 0 || reported)

@@ -874,3 +874,120 @@ async fn two_alerter_processes_at_once_send_one_email() {
         .unwrap();
     assert!(sa.success() && sb.success());
 }
+
+async fn silenced(pool: &PgPool, api: &str) -> (bool, Option<String>) {
+    sqlx::query_as("SELECT silenced, silence_reason FROM incidents WHERE api_name = $1")
+        .bind(api)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silence_set_with_the_cli_and_a_maintenance_window_hold_back_openings() {
+    let db = database(&["billing-1", "other", "batch-7"]).await;
+    let smtp = SmtpServer::start().await;
+    let out = alerter_binary(&db, &smtp)
+        .args([
+            "silence",
+            "add",
+            "--api",
+            "billing-*",
+            "--for",
+            "1h",
+            "--reason",
+            "deploy v2",
+            "--by",
+            "alice",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A maintenance window covering now for batch-*.
+    let dir = tempfile::tempdir().unwrap();
+    let apis = dir.path().join("apis.toml");
+    let from = (Utc::now() - chrono::Duration::minutes(30)).format("%H:%M");
+    std::fs::write(
+        &apis,
+        format!(
+            "[[maintenance]]\napi = \"batch-*\"\nweekdays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\nstart = \"{from}\"\nduration = \"2h\"\nreason = \"nightly batch\"\n"
+        ),
+    )
+    .unwrap();
+    let run = start(env(
+        &db,
+        Some(&smtp),
+        &[("APIS_FILE", apis.display().to_string())],
+    ));
+    let t0 = Utc::now() - chrono::Duration::seconds(20);
+    open_down(&db.pool, "billing-1", t0, "timeout").await;
+    open_down(&db.pool, "batch-7", t0, "timeout").await;
+    open_down(
+        &db.pool,
+        "other",
+        t0 + chrono::Duration::minutes(5),
+        "timeout",
+    )
+    .await;
+    smtp.wait_for(WAIT, |m| !with_subject(m, "DOWN: other").is_empty())
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = smtp.mails();
+    let mails = pages(&all);
+    assert_eq!(
+        mails.iter().map(|m| subject(m)).collect::<Vec<_>>(),
+        ["[apimon] DOWN: other (2 consecutive failed checks)"],
+        "only the API that is neither silenced nor in maintenance"
+    );
+    let (s, why) = silenced(&db.pool, "billing-1").await;
+    assert!(s, "recorded as silenced");
+    let why = why.unwrap();
+    assert!(
+        why.contains("silence #1 by alice") && why.contains("deploy v2"),
+        "{why}"
+    );
+    let (s, why) = silenced(&db.pool, "batch-7").await;
+    assert!(s && why.unwrap().contains("nightly batch"));
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_incident_gets_its_resolution_even_if_a_silence_began_since() {
+    let db = database(&["api-a"]).await;
+    let smtp = SmtpServer::start().await;
+    let run = start(env(&db, Some(&smtp), &[]));
+    let i = open_down(
+        &db.pool,
+        "api-a",
+        Utc::now() - chrono::Duration::seconds(20),
+        "timeout",
+    )
+    .await;
+    smtp.wait_for(WAIT, |m| !with_subject(m, "DOWN: api-a").is_empty())
+        .await;
+    let out = alerter_binary(&db, &smtp)
+        .args([
+            "silence", "add", "--api", "*", "--for", "1h", "--reason", "too late",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    resolve(&db.pool, "api-a", i, Utc::now()).await;
+    let mails = smtp
+        .wait_for(WAIT, |m| !with_subject(m, "RESOLVED: api-a").is_empty())
+        .await;
+    assert_eq!(with_subject(&mails, "RESOLVED: api-a").len(), 1);
+    // And while the silence lasts, a new incident is recorded, not sent.
+    open_down(&db.pool, "api-a", Utc::now(), "timeout again").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pages(&smtp.mails()).len(), 2);
+    run.stop().await;
+}

@@ -19,6 +19,12 @@
 //! stay out of the file. Parsing yields validated [`Endpoint`]s: an unknown
 //! key, a duplicate name, a bad URL or a bad value is an error naming the
 //! entry.
+//!
+//! The file may also hold `[[maintenance]]` entries (see
+//! [`crate::maintenance`]): [`parse`] validates them too, so a bad one stops
+//! every binary that reads the file, and [`parse_maintenance`] returns them
+//! for the alerter without the endpoints (whose `${NAME}` references it
+//! need not resolve).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -30,6 +36,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::config::{parse_duration, ConfigError, Env};
+use crate::maintenance::{self, MaintenanceRaw, MaintenanceWindow};
 
 /// Default time between two checks of an endpoint.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
@@ -108,6 +115,8 @@ struct FileRaw {
     defaults: Option<DefaultsRaw>,
     #[serde(default)]
     api: Vec<ApiRaw>,
+    #[serde(default)]
+    maintenance: Vec<MaintenanceRaw>,
 }
 
 #[derive(Deserialize, Default)]
@@ -134,9 +143,11 @@ struct ApiRaw {
     interval: Option<DurationRaw>,
 }
 
+/// A duration as the file may write it: a number of seconds or a text
+/// such as `"2h"`.
 #[derive(Deserialize, Clone)]
 #[serde(untagged)]
-enum DurationRaw {
+pub(crate) enum DurationRaw {
     Seconds(f64),
     Text(String),
 }
@@ -152,20 +163,27 @@ enum StatusRaw {
 /// Reads and validates the endpoints file at `path`. `env` resolves
 /// `${NAME}` references in header values.
 pub fn load_file(path: &Path, env: &Env) -> Result<Vec<Endpoint>, ConfigError> {
-    let key = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new(
-            "APIS_FILE",
-            format!("cannot read endpoints file `{key}`: {e}"),
-        )
-    })?;
-    parse(&text, &key, env)
+    let text = read(path)?;
+    parse(&text, &path.display().to_string(), env)
 }
 
-/// Parses and validates an endpoints file's text; `source` names it in
-/// errors.
-pub fn parse(text: &str, source: &str, env: &Env) -> Result<Vec<Endpoint>, ConfigError> {
-    let raw: FileRaw = toml::from_str(text).map_err(|e| {
+/// Reads the `[[maintenance]]` entries of the endpoints file at `path`.
+pub fn load_maintenance(path: &Path) -> Result<Vec<MaintenanceWindow>, ConfigError> {
+    let text = read(path)?;
+    parse_maintenance(&text, &path.display().to_string())
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            "APIS_FILE",
+            format!("cannot read endpoints file `{}`: {e}", path.display()),
+        )
+    })
+}
+
+fn parse_raw(text: &str, source: &str) -> Result<FileRaw, ConfigError> {
+    toml::from_str(text).map_err(|e| {
         let line = e
             .span()
             .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
@@ -174,7 +192,33 @@ pub fn parse(text: &str, source: &str, env: &Env) -> Result<Vec<Endpoint>, Confi
             None => source.to_string(),
         };
         ConfigError::new(key, e.message().replace('\n', " "))
-    })?;
+    })
+}
+
+/// Parses an endpoints file's text and validates its `[[maintenance]]`
+/// entries only (the endpoints are checked for unknown keys, not
+/// validated); `source` names it in errors.
+pub fn parse_maintenance(text: &str, source: &str) -> Result<Vec<MaintenanceWindow>, ConfigError> {
+    maintenance_windows(parse_raw(text, source)?.maintenance, source)
+}
+
+fn maintenance_windows(
+    raw: Vec<MaintenanceRaw>,
+    source: &str,
+) -> Result<Vec<MaintenanceWindow>, ConfigError> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            maintenance::validate(m)
+                .map_err(|msg| ConfigError::new(format!("{source}: maintenance[{i}]"), msg))
+        })
+        .collect()
+}
+
+/// Parses and validates an endpoints file's text; `source` names it in
+/// errors. Its `[[maintenance]]` entries are validated too, and dropped.
+pub fn parse(text: &str, source: &str, env: &Env) -> Result<Vec<Endpoint>, ConfigError> {
+    let raw = parse_raw(text, source)?;
     let defaults = raw.defaults.unwrap_or_default();
     if raw.api.is_empty() {
         return Err(ConfigError::new(
@@ -201,6 +245,7 @@ pub fn parse(text: &str, source: &str, env: &Env) -> Result<Vec<Endpoint>, Confi
         }
         out.push(ep);
     }
+    maintenance_windows(raw.maintenance, source)?;
     Ok(out)
 }
 
@@ -271,11 +316,15 @@ fn validate(api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoint, 
 }
 
 fn duration(raw: Option<DurationRaw>, default: Duration) -> Result<Duration, String> {
+    raw.map_or(Ok(default), duration_value)
+}
+
+/// A duration of the file: seconds, or a text such as `"2h"`.
+pub(crate) fn duration_value(raw: DurationRaw) -> Result<Duration, String> {
     match raw {
-        None => Ok(default),
-        Some(DurationRaw::Seconds(s)) if (0.0..1e9).contains(&s) => Ok(Duration::from_secs_f64(s)),
-        Some(DurationRaw::Seconds(s)) => Err(format!("expected a positive duration, got {s}")),
-        Some(DurationRaw::Text(t)) => parse_duration(&t),
+        DurationRaw::Seconds(s) if (0.0..1e9).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        DurationRaw::Seconds(s) => Err(format!("expected a positive duration, got {s}")),
+        DurationRaw::Text(t) => parse_duration(&t),
     }
 }
 
@@ -435,6 +484,35 @@ timeout = 2.5
         )
         .unwrap_err();
         assert!(err.message.contains("NOPE"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_parse_beside_maintenance_entries() {
+        let text = "[[api]]\nname = \"A\"\nurl = \"http://a.test\"\n\
+                    headers = { X = \"${TOKEN}\" }\n\
+                    [[maintenance]]\nweekdays = [\"sun\"]\nstart = \"22:00\"\nduration = \"2h\"\n";
+        let env = Env::from_pairs([("TOKEN", "t")]);
+        let eps = parse(text, "apis.toml", &env).unwrap();
+        assert_eq!(eps.len(), 1);
+        // The alerter reads the windows without the endpoints' variables.
+        let windows = parse_maintenance(text, "apis.toml").unwrap();
+        assert_eq!(windows.len(), 1);
+        assert_eq!(windows[0].schedule, "sun at 22:00");
+        assert!(
+            parse_maintenance("[[api]]\nname = \"A\"\nurl = \"x\"\n", "apis.toml")
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_bad_maintenance_entry_stops_the_endpoints_too() {
+        let err = parse_err(
+            "[[api]]\nname = \"A\"\nurl = \"http://a.test\"\n\
+             [[maintenance]]\ncron = \"0 2 * * SUN\"\nduration = \"0s\"\n",
+        );
+        assert_eq!(err.key, "apis.toml: maintenance[0]");
+        assert!(err.message.starts_with("duration:"), "{err}");
     }
 
     #[test]

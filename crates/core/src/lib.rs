@@ -1,13 +1,16 @@
 //! apimon-core: what the pinger, detector and alerter share — configuration,
-//! the endpoints file, the schema and its database access, and sharding.
+//! the endpoints file and its maintenance windows, the schema and its
+//! database access, and sharding.
 
 pub mod apis;
 pub mod config;
 pub mod db;
 pub mod features;
 pub mod forest;
+pub mod glob;
 pub mod health;
 pub mod incidents;
+pub mod maintenance;
 pub mod model;
 pub mod shard;
 pub mod shutdown;

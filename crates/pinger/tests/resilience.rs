@@ -180,6 +180,12 @@ fn configuration_errors_exit_2_with_one_line_naming_the_problem() {
         ),
         ("bad endpoint url", vec![], "[[api]]\nname = \"A\"\nurl = \"ftp://a.test/\"\n", "api[0] \"A\": url"),
         ("bad timeout", vec![], "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\ntimeout = \"soon\"\n", "timeout"),
+        (
+            "bad maintenance window",
+            vec![],
+            "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\n[[maintenance]]\ncron = \"0 2 * * SUN\"\nduration = \"2h\"\ntimezone = \"Mars/Base\"\n",
+            "apis.toml: maintenance[0]: timezone: unknown time zone `Mars/Base`",
+        ),
     ];
     for (label, env, toml, needle) in cases {
         let path = dir.path().join("apis.toml");
@@ -209,9 +215,12 @@ fn configuration_errors_exit_2_with_one_line_naming_the_problem() {
 fn check_config_lists_the_endpoints_of_this_shard() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("apis.toml");
+    // Maintenance windows are the alerter's business: the pinger reads
+    // past them.
     std::fs::write(
         &path,
-        "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\ninterval = 5\n",
+        "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\ninterval = 5\n\
+         [[maintenance]]\nweekdays = [\"sat\"]\nstart = \"22:00\"\nduration = \"2h\"\n",
     )
     .unwrap();
     let out = pinger_binary()

@@ -7,6 +7,7 @@ pub mod incidents;
 pub mod metrics;
 pub mod models;
 pub mod notifications;
+pub mod silences;
 pub mod watermarks;
 
 use std::fmt;
