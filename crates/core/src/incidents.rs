@@ -1090,6 +1090,53 @@ mod tests {
     }
 
     #[test]
+    fn a_slowdown_minutes_after_a_single_huge_spike_is_paged_as_fast() {
+        let mut r = Run::new();
+        let mut n = Noise(16);
+        r.healthy(300, &mut n);
+        r.ok(1000.0);
+        r.healthy(16, &mut n);
+        let start = r.i;
+        for _ in 0..40 {
+            let ms = 3.0 * n.lognormal(100.0, 0.2);
+            r.ok(ms);
+        }
+        let opened = r.opened(Kind::Slow);
+        assert_eq!(opened.len(), 1, "{:?}", r.log);
+        assert!(
+            opened[0] - start <= 7,
+            "opened {} checks in",
+            opened[0] - start
+        );
+    }
+
+    #[test]
+    fn a_slow_incident_needs_the_level_well_back_to_recover() {
+        let mut r = Run::new();
+        let mut n = Noise(17);
+        r.healthy(600, &mut n);
+        for _ in 0..80 {
+            let ms = 1.6 * n.lognormal(100.0, 0.2);
+            r.ok(ms);
+        }
+        assert_eq!(r.opened(Kind::Slow).len(), 1, "{:?}", r.log);
+        // Down to +45%: not a recovery (the level must come back under
+        // the square root of the opening ratio, 1.14).
+        for _ in 0..200 {
+            let ms = 1.45 * n.lognormal(100.0, 0.2);
+            r.ok(ms);
+        }
+        assert!(
+            r.resolved(Kind::Slow).is_empty() && r.tr.slow.is_some(),
+            "still open at +45%: {:?}",
+            r.log
+        );
+        r.healthy(60, &mut n);
+        assert_eq!(r.resolved(Kind::Slow).len(), 1, "{:?}", r.log);
+        assert_eq!(r.opened(Kind::Slow).len(), 1);
+    }
+
+    #[test]
     fn warm_state_round_trips_through_json() {
         let mut r = Run::new();
         let mut n = Noise(15);
