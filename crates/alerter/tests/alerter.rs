@@ -93,7 +93,9 @@ fn anomaly(api: &str, ts: DateTime<Utc>, severity: &str, details: &str) -> Anoma
         },
         severity: severity.into(),
         details: details.into(),
-        features: Some(serde_json::json!({"rt": 1000.0, "rolling_mean": 100.0})),
+        features: Some(apimon_core::features::Features::from_array([
+            1000.0, 100.0, 5.0, 7.0, 900.0, 9.0, 12.0, 2.0,
+        ])),
         model_version: Some(1),
     }
 }
