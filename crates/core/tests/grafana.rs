@@ -128,6 +128,8 @@ const APIS: [&str; 3] = ["alpha", "beta", "gamma"];
 /// logged in as Grafana's read-only role.
 struct Seeded {
     _db: apimon_testkit::TestDb,
+    /// As the services write.
+    rw: PgPool,
     /// As `apimon_grafana`, as Grafana reads.
     ro: PgPool,
     /// The seed's "now" (microseconds).
@@ -263,15 +265,11 @@ async fn seeded() -> Seeded {
     db::anomalies::insert(&mut tx, &anomalies).await.unwrap();
     sqlx::query(
         "INSERT INTO notifications (kind, api_name, channel, dedup_key, subject, body_text, state)
-         VALUES ('alert', 'alpha', 'email', 'alert:alpha:1', 's', 'b', 'sent')",
+         VALUES ('incident_open', 'alpha', 'email', 'open:1', 's', 'b', 'sent')",
     )
     .execute(&mut *tx)
     .await
     .unwrap();
-    sqlx::query("INSERT INTO alert_state (api_name, down_since) VALUES ('beta', now())")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
     for i in &INCIDENTS {
         sqlx::query(
             "INSERT INTO incidents (api_name, kind, state, started_at, opened_at, recovered_at,
@@ -308,7 +306,12 @@ async fn seeded() -> Seeded {
     let ro = db::connect(&DbConfig::from_url(url.as_str()).unwrap())
         .await
         .unwrap();
-    Seeded { _db: t, ro, now }
+    Seeded {
+        _db: t,
+        rw: pool,
+        ro,
+        now,
+    }
 }
 
 /// Runs `sql` as Grafana would for the last 6 hours and `apis`.
@@ -323,6 +326,15 @@ async fn run(ro: &PgPool, sql: &str, apis: &[&str]) -> Vec<sqlx::postgres::PgRow
 #[tokio::test]
 async fn every_dashboard_query_runs_and_returns_rows_on_seeded_data() {
     let s = seeded().await;
+    // An API down now, for the "APIs down now" count.
+    sqlx::query(
+        "INSERT INTO incidents (api_name, kind, state, started_at, opened_at, peak_severity, reason)
+         VALUES ('gamma', 'down', 'open', $1, $1, 'critical', '2 consecutive failed checks')",
+    )
+    .bind(s.now - chrono::Duration::minutes(3))
+    .execute(&s.rw)
+    .await
+    .unwrap();
     let d = dashboard();
     let qs = queries(&d);
     assert!(qs.len() >= 12, "{} queries", qs.len());

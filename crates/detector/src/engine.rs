@@ -147,7 +147,11 @@ fn score_seen(
 }
 
 impl Verdict {
-    /// The anomaly row for this verdict, when it is anomalous.
+    /// The anomaly row for this verdict, when it is anomalous. The feature
+    /// values are kept for high and critical anomalies only: a medium one
+    /// (most anomalies: the tail of healthy checks that `CONTAMINATION`
+    /// calls anomalous) is explained by its details, and its features can
+    /// be computed again from `api_metrics` (docs/storage.md).
     pub fn anomaly(&self, api_name: &str, error: Option<&str>) -> Option<AnomalyRow> {
         let severity = self.severity?;
         let score = self.score?;
@@ -158,14 +162,7 @@ impl Verdict {
             anomaly_score: score,
             severity: severity.as_str().to_string(),
             details: self.details(error),
-            features: self.features.as_ref().map(|f| {
-                serde_json::Value::Object(
-                    f.named()
-                        .iter()
-                        .map(|(k, v)| ((*k).to_string(), serde_json::json!(v)))
-                        .collect(),
-                )
-            }),
+            features: self.features.filter(|_| severity >= Severity::High),
             model_version: self.model_version,
         })
     }
@@ -289,6 +286,32 @@ mod tests {
             fresh.score
         );
         assert!(row.details.contains("1000 ms"), "{}", row.details);
-        assert_eq!(row.features.unwrap()["rt"], 1000.0);
+        assert_eq!(row.features.unwrap().rt, 1000.0);
+    }
+
+    #[test]
+    fn a_medium_anomaly_is_stored_with_its_details_and_without_its_features() {
+        let features = Features::from_array([130.0, 100.0, 10.0, 2.5, 30.0, 0.4, 13.0, 2.0]);
+        let verdict = |severity| Verdict {
+            timestamp: t(0),
+            response_time_ms: Some(130.0),
+            score: Some(-0.05),
+            severity: Some(severity),
+            features: Some(features),
+            consecutive_failures: 0,
+            model_version: Some(1),
+        };
+
+        let medium = verdict(Severity::Medium).anomaly("api", None).unwrap();
+        let high = verdict(Severity::High).anomaly("api", None).unwrap();
+
+        assert_eq!(medium.features, None);
+        assert_eq!(
+            medium.details,
+            "response time 130 ms (1.3x the mean of the last 10); z-score 2.5 over the last 60; \
+             change +40% from the previous check"
+        );
+        assert_eq!(high.features, Some(features));
+        assert_eq!(high.details, medium.details);
     }
 }

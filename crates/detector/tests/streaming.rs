@@ -58,7 +58,7 @@ async fn a_slow_check_and_a_down_api_become_critical_anomalies_within_seconds() 
         .expect("an anomaly for the slow check");
     assert_eq!(slow.severity, "critical", "score {}", slow.anomaly_score);
     assert_eq!(slow.model_version, Some(1));
-    assert_eq!(slow.features.as_ref().unwrap()["rt"], 1000.0);
+    assert_eq!(slow.features.as_ref().unwrap().rt, 1000.0);
 
     // The API stops answering: the second failure in a row is critical.
     let t1 = now + chrono::Duration::seconds(15);
