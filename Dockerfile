@@ -15,10 +15,11 @@ COPY crates/testkit/Cargo.toml crates/testkit/
 # Stub sources: compile only the dependencies.
 RUN mkdir -p migrations crates/core/src crates/testkit/src \
         crates/pinger/src crates/detector/src crates/alerter/src \
-        crates/pinger/benches crates/detector/benches crates/testkit/benches \
+        crates/pinger/benches crates/detector/benches crates/testkit/benches crates/alerter/benches \
     && touch crates/core/src/lib.rs crates/testkit/src/lib.rs crates/pinger/src/lib.rs \
+        crates/detector/src/lib.rs crates/alerter/src/lib.rs \
     && for b in pinger detector alerter; do echo 'fn main() {}' > crates/$b/src/main.rs; done \
-    && for f in pinger/benches/load detector/benches/detector detector/benches/storage testkit/benches/scale; do echo 'fn main() {}' > crates/$f.rs; done \
+    && for f in pinger/benches/load detector/benches/detector detector/benches/storage testkit/benches/scale alerter/benches/alert_quality; do echo 'fn main() {}' > crates/$f.rs; done \
     && cargo build --release --locked -p pinger -p detector -p alerter \
     && rm -rf crates/*/src
 COPY migrations migrations
