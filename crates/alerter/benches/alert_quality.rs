@@ -767,7 +767,7 @@ fn score(inj: &Injection, pages: &[Page]) -> Outcome {
                 o.ttp = Some(o.ttp.map_or(t, |x: f64| x.min(t)));
             }
             o.resolves += usize::from(inc.resolve.is_some());
-            if let Some(r) = inc.resolve {
+            if let Some(r) = inc.resolve.filter(|_| inj.case.finite()) {
                 let t = (r.timestamp.timestamp_millis() - inj.end) as f64 / 1000.0;
                 o.resolved_after = Some(o.resolved_after.map_or(t, |x: f64| x.max(t)));
             }
