@@ -195,14 +195,7 @@ async fn handle_events(
             if let Some(item) = Item::from_row(i) {
                 items.push(item);
             }
-            sqlx::query(
-                "UPDATE incidents SET notified_at = $2, last_notified_at = $2, silenced = false
-                 WHERE id = $1",
-            )
-            .bind(i.id)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+            opening_notified(tx, i.id, now).await?;
             handled(tx, p.event_id, "notified").await?;
             notified_now.insert(i.id);
         }
@@ -258,6 +251,23 @@ async fn handle_events(
     Ok(queued)
 }
 
+/// Records that an incident's opening was notified at `now`.
+async fn opening_notified(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE incidents SET notified_at = $2, last_notified_at = $2, silenced = false
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn handled(
     tx: &mut Transaction<'_, Postgres>,
     event_id: i64,
@@ -297,14 +307,7 @@ async fn reminders(
         .collect();
     if !late.is_empty() {
         for i in &late {
-            sqlx::query(
-                "UPDATE incidents SET notified_at = $2, last_notified_at = $2, silenced = false
-                 WHERE id = $1",
-            )
-            .bind(i.id)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+            opening_notified(tx, i.id, now).await?;
         }
         let key = format!("open-after-silence:{}:{}", late[0].id, now.timestamp());
         let items = late.iter().filter_map(Item::from_row).collect();
