@@ -23,15 +23,24 @@
 //!   `ALERT_SLOW_WINDOW` checks is `ALERT_SLOW_RATIO` times the baseline or
 //!   more (a lasting level shift). Both also need the median to be
 //!   `ALERT_SLOW_MIN_MS` above the baseline, and above what the API's own
-//!   noise explains (5 standard errors of a median of that many checks). A
-//!   median ignores single slow checks: one check, however slow, never
-//!   opens an incident. It recovers when the median of the last
-//!   `ALERT_SLOW_RESOLVE_WINDOW` checks is back under the lasting-shift
-//!   threshold.
+//!   noise explains (5 standard errors of a median of that many checks; 4
+//!   for the quick rule). A median ignores single slow checks: one check,
+//!   however slow, never opens an incident.
+//! - While a slow incident is open, its shift (level / baseline) is
+//!   measured over its first [`SHIFT_WINDOWS`] × `ALERT_SLOW_WINDOW`
+//!   checks; after that, checks seen while the API is still slow are learnt
+//!   divided by the shift, so the baseline follows the daily cycle through a
+//!   long incident without absorbing it.
+//! - It recovers when the median of the last `ALERT_SLOW_RESOLVE_WINDOW`
+//!   checks (more on a noisy API, up to `ALERT_SLOW_WINDOW`) is back under
+//!   √`ALERT_SLOW_RATIO` × the baseline.
 //! - A recovered incident is held for `ALERT_FLAP_WINDOW` (in data time):
 //!   if its rule fires again meanwhile it re-opens as the same incident
 //!   (a flap, counted), else it is resolved for good. After a recovery the
-//!   rules start afresh: only checks after it count.
+//!   rules start afresh: only checks after it count. A slow incident is
+//!   also held until the rule matching its level has a whole window of
+//!   checks since the recovery, with their median under the recovery
+//!   threshold.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -45,6 +54,10 @@ use crate::model::Severity;
 /// Standard errors of a window's median that the API's own noise may
 /// explain; a slowdown must be beyond them.
 const NOISE_Z: f64 = 5.0;
+/// The same for the quick rule, whose 2× ratio already sits far above the
+/// noise of most APIs: a lower guard keeps a 3× slowdown on a noisy API
+/// (sigma 0.35) paged within two minutes.
+const NOISE_Z_FAST: f64 = 4.0;
 /// A median's standard error is about this times sigma / sqrt(n).
 const MEDIAN_SE: f64 = 1.2533;
 /// Outliers are clipped to this many standard deviations before they
@@ -145,7 +158,7 @@ impl Default for IncidentPolicy {
             slow_ratio: 1.3,
             slow_min_ms: 10.0,
             slow_resolve_window: 16,
-            baseline_checks: 240,
+            baseline_checks: 120,
             baseline_min_checks: 120,
             flap_window: Duration::from_secs(300),
         }
@@ -266,10 +279,41 @@ impl Baseline {
     }
 
     /// The smallest median of `n` checks that is a slowdown at `ratio`.
-    fn threshold_ms(&self, ratio: f64, n: usize, min_ms: f64) -> f64 {
-        let noise = NOISE_Z * MEDIAN_SE * self.var.sqrt() / (n.max(1) as f64).sqrt();
+    fn threshold_ms(&self, ratio: f64, n: usize, z: f64, min_ms: f64) -> f64 {
+        let noise = z * MEDIAN_SE * self.var.sqrt() / (n.max(1) as f64).sqrt();
         let by_ratio = self.mean + ratio.ln().max(noise);
         by_ratio.exp().max(self.median_ms() + min_ms)
+    }
+}
+
+/// Checks a slow incident's shift is measured over, in lasting windows: a
+/// mean of 80 log response times has a fifth of the noise of one check,
+/// small next to the gap between the recovery threshold and a +60% shift.
+pub const SHIFT_WINDOWS: u32 = 2;
+/// Standard errors of a median between the shift and the recovery
+/// threshold: an API too noisy for the resolve window is judged on more
+/// checks, up to `ALERT_SLOW_WINDOW`.
+const RECOVERY_Z: f64 = 4.0;
+
+/// A running mean of log(check / baseline) over a slow incident's checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShiftMeter {
+    pub n: u32,
+    /// Mean of ln(ms) − the baseline's log mean.
+    pub mean: f64,
+}
+
+impl ShiftMeter {
+    fn add(&mut self, d: f64, sd: f64) {
+        // A single 2–4× check among the incident's must not move the
+        // estimate much: clip to the API's noise once a few are in.
+        let d = if self.n >= 10 {
+            d.clamp(self.mean - CLIP_SD * sd, self.mean + CLIP_SD * sd)
+        } else {
+            d
+        };
+        self.n += 1;
+        self.mean += (d - self.mean) / f64::from(self.n);
     }
 }
 
@@ -418,9 +462,13 @@ pub struct Tracker {
     pub down: Option<Incident>,
     pub slow: Option<Incident>,
     /// How many times slower than the baseline the current slow incident
-    /// is, measured once its window holds only the incident's checks.
+    /// is: the geometric mean of its first [`SHIFT_WINDOWS`] ×
+    /// `ALERT_SLOW_WINDOW` checks after it opened, against the baseline.
     #[serde(default)]
     pub slow_shift: Option<f64>,
+    /// The shift being measured, until it has enough checks.
+    #[serde(default)]
+    pub shift_meter: Option<ShiftMeter>,
     /// The latest checks; rebuilt from `api_metrics` after a restart.
     #[serde(skip)]
     window: VecDeque<Entry>,
@@ -469,13 +517,12 @@ impl Tracker {
             self.consecutive_successes = 0;
         }
         let in_incident = self.current().next().is_some();
-        let slow_open = self.slow.as_ref().is_some_and(|i| i.state == State::Open);
-        let down_current = self.down.is_some();
+        // `scale` is set by the slow rule, when the check is still slow.
         self.window.push_back(Entry {
             timestamp: c.timestamp,
             ms,
             excluded: in_incident,
-            scale: self.slow_shift.filter(|_| slow_open && !down_current),
+            scale: None,
         });
         while self.window.len() > p.window_len() {
             if let Some(old) = self.window.pop_front() {
@@ -578,7 +625,7 @@ impl Tracker {
                     self.recovering(Kind::Down, first_ok, out);
                 }
             }
-            Some(State::Resolving) => self.hold(Kind::Down, p, c, fired.is_some(), out),
+            Some(State::Resolving) => self.hold(Kind::Down, p, c, fired.is_some(), true, out),
             Some(State::Resolved) => self.down = None,
         }
     }
@@ -602,7 +649,7 @@ impl Tracker {
         let fast_n = p.slow_fast_window as usize;
         let slow_n = p.slow_window as usize;
         if let Some(m) = self.median_of(fast_n) {
-            let t = b.threshold_ms(p.slow_fast_ratio, fast_n, p.slow_min_ms);
+            let t = b.threshold_ms(p.slow_fast_ratio, fast_n, NOISE_Z_FAST, p.slow_min_ms);
             if m >= t {
                 let why = format!(
                     "median of the last {fast_n} checks {m:.0} ms, {:.1}x the baseline {:.0} ms",
@@ -613,7 +660,7 @@ impl Tracker {
             }
         }
         if let Some(m) = self.median_of(slow_n) {
-            let t = b.threshold_ms(p.slow_ratio, slow_n, p.slow_min_ms);
+            let t = b.threshold_ms(p.slow_ratio, slow_n, NOISE_Z, p.slow_min_ms);
             if m >= t {
                 let why = format!(
                     "median of the last {slow_n} checks {m:.0} ms, {:.1}x the baseline {:.0} ms",
@@ -667,23 +714,27 @@ impl Tracker {
                 }
             }
             Some(state) => {
-                // The shift, once the long window holds only the
-                // incident's checks.
-                if state == State::Open && self.slow_shift.is_none() {
-                    let n = p.slow_window as usize;
-                    let opened = self.slow.as_ref().map(|i| i.opened_at);
-                    let inside = self
-                        .kth_latest(n)
-                        .zip(opened)
-                        .is_some_and(|(e, o)| e.timestamp > o);
-                    if inside {
-                        if let Some(m) = self.median_of(n) {
-                            self.slow_shift = Some((m / self.baseline.median_ms()).max(1.0));
+                let fast = self.median_of(p.slow_fast_window as usize);
+                // Hysteresis: back under the square root of the opening
+                // ratio (1.14 for 1.3).
+                let threshold = self.baseline.median_ms() * p.slow_ratio.sqrt();
+                if state == State::Open {
+                    self.measure_shift(p, c);
+                    // While the API is still slow, the baseline learns the
+                    // check divided by the shift, and so keeps following
+                    // the daily cycle. Once the quick window looks healthy
+                    // again it learns nothing: a recovery must not teach
+                    // it healthy / shift.
+                    let still_slow = fast.is_some_and(|m| m >= threshold);
+                    if let (Some(shift), true, false) =
+                        (self.slow_shift, still_slow, self.down.is_some())
+                    {
+                        if let Some(e) = self.window.back_mut() {
+                            e.scale = Some(shift);
                         }
                     }
                 }
                 // Peak: the worst fast-window median while it lasts.
-                let fast = self.median_of(p.slow_fast_window as usize);
                 if let (Some(inc), Some(m)) = (self.slow.as_mut(), fast) {
                     inc.evidence.peak_median_ms =
                         Some(inc.evidence.peak_median_ms.map_or(m, |x| x.max(m)));
@@ -695,10 +746,7 @@ impl Tracker {
                 }
                 match state {
                     State::Open => {
-                        let n = p.slow_resolve_window as usize;
-                        // Hysteresis: back under the square root of the
-                        // opening ratio (1.14 for 1.3).
-                        let threshold = self.baseline.median_ms() * p.slow_ratio.sqrt();
+                        let n = self.resolve_window(p);
                         // Only checks of this incident's time count: none
                         // before a recovery that started the rules afresh.
                         let healthy = self.median_of(n).is_some_and(|m| m < threshold);
@@ -721,10 +769,94 @@ impl Tracker {
                             self.recovering(Kind::Slow, after, out);
                         }
                     }
-                    State::Resolving => self.hold(Kind::Slow, p, c, fired.is_some(), out),
+                    State::Resolving => {
+                        // Final only once the rule that matches the
+                        // incident's level (the quick one from
+                        // `ALERT_SLOW_FAST_RATIO` up, else the lasting one)
+                        // has a whole window of checks since the recovery,
+                        // and their median is still under the recovery
+                        // threshold. A +60% shift that only dipped under it
+                        // re-opens as the same incident; a level between
+                        // the two thresholds keeps it unresolved.
+                        let quick = self
+                            .slow_level(p)
+                            .is_some_and(|l| l >= p.slow_fast_ratio.ln());
+                        let n = if quick {
+                            p.slow_fast_window
+                        } else {
+                            p.slow_window
+                        };
+                        let settled = self.median_of(n as usize).is_some_and(|m| m < threshold);
+                        self.hold(Kind::Slow, p, c, fired.is_some(), settled, out)
+                    }
                     State::Resolved => self.slow = None,
                 }
             }
+        }
+    }
+
+    /// Adds an open slow incident's check to its shift's measurement, and
+    /// fixes the shift once it has `SHIFT_WINDOWS` lasting windows of
+    /// checks after the opening.
+    fn measure_shift(&mut self, p: &IncidentPolicy, c: &Check<'_>) {
+        let ms = c
+            .response_time_ms
+            .filter(|v| c.success && v.is_finite() && *v >= 0.0);
+        let opened = self.slow.as_ref().map(|i| i.opened_at);
+        let (None, Some(ms), Some(opened)) = (self.slow_shift, ms, opened) else {
+            return;
+        };
+        if c.timestamp <= opened {
+            return;
+        }
+        let d = ms.max(MIN_MS).ln() - self.baseline.mean;
+        let sd = self.baseline.var.sqrt().max(0.01);
+        let meter = self.shift_meter.get_or_insert_with(ShiftMeter::default);
+        meter.add(d, sd);
+        if meter.n >= SHIFT_WINDOWS * p.slow_window {
+            self.slow_shift = Some(meter.mean.exp().max(1.0));
+            self.shift_meter = None;
+        }
+    }
+
+    /// The open slow incident's level against the baseline, as a log
+    /// ratio: the measured shift, or while it is being measured, the
+    /// meter's mean (once it has a lasting window of checks) or the window
+    /// that opened it.
+    fn slow_level(&self, p: &IncidentPolicy) -> Option<f64> {
+        match (self.slow_shift, &self.shift_meter, &self.slow) {
+            (Some(s), _, _) => Some(s.ln()),
+            (None, Some(m), _) if m.n >= p.slow_window => Some(m.mean),
+            (None, _, Some(inc)) => {
+                let (m, b) = (inc.evidence.median_ms?, inc.evidence.baseline_ms?);
+                Some((m / b.max(MIN_MS)).max(MIN_MS).ln())
+            }
+            _ => None,
+        }
+    }
+
+    /// Checks whose median decides a slow recovery: `ALERT_SLOW_RESOLVE_WINDOW`,
+    /// or more, up to `ALERT_SLOW_WINDOW`, when the API's noise could bring
+    /// a median of that many checks from the incident's level down under
+    /// the recovery threshold.
+    fn resolve_window(&self, p: &IncidentPolicy) -> usize {
+        let base = p.slow_resolve_window as usize;
+        let longest = (p.slow_window as usize).max(base);
+        // The incident's level against the baseline: measured, or while
+        // being measured, the meter's or the opening window's.
+        let Some(level) = self.slow_level(p) else {
+            return longest;
+        };
+        let margin = level - p.slow_ratio.sqrt().ln();
+        if margin <= 0.0 {
+            return longest;
+        }
+        let se_one = MEDIAN_SE * self.baseline.var.sqrt();
+        let need = (RECOVERY_Z * se_one / margin).powi(2).ceil();
+        if need.is_finite() {
+            (need as usize).clamp(base, longest)
+        } else {
+            longest
         }
     }
 
@@ -782,13 +914,15 @@ impl Tracker {
     }
 
     /// A recovered incident in its flap window: re-opened if its rule
-    /// fires, resolved for good once the window has passed.
+    /// fires, resolved for good once the window has passed and its rules
+    /// have `settled` (seen enough checks since the recovery to judge).
     fn hold(
         &mut self,
         kind: Kind,
         p: &IncidentPolicy,
         c: &Check<'_>,
         fired: bool,
+        settled: bool,
         out: &mut Vec<Transition>,
     ) {
         let flap = chrono::Duration::from_std(p.flap_window).unwrap_or(chrono::Duration::zero());
@@ -802,9 +936,10 @@ impl Tracker {
                     change: Change::Reopened,
                     incident: inc.clone(),
                 });
-            } else if inc
-                .recovered_at
-                .is_none_or(|r| c.timestamp.signed_duration_since(r) >= flap)
+            } else if settled
+                && inc
+                    .recovered_at
+                    .is_none_or(|r| c.timestamp.signed_duration_since(r) >= flap)
             {
                 inc.state = State::Resolved;
                 inc.resolved_at = Some(c.timestamp);
@@ -819,6 +954,7 @@ impl Tracker {
             *self.slot(kind) = None;
             if kind == Kind::Slow {
                 self.slow_shift = None;
+                self.shift_meter = None;
             }
             let until = end.unwrap_or(c.timestamp);
             self.excluded_until = Some(self.excluded_until.map_or(until, |t| t.max(until)));
@@ -1108,6 +1244,108 @@ mod tests {
             "opened {} checks in",
             opened[0] - start
         );
+    }
+
+    /// A healthy check of a noisy API with a daily cycle (25%), `factor`
+    /// times slower.
+    fn cyclic(n: &mut Noise, i: i64, sigma: f64, factor: f64) -> f64 {
+        let day = (i as f64) / 5760.0;
+        let typical = 100.0 * (1.0 + 0.25 * (std::f64::consts::TAU * day + 1.0).sin());
+        factor * n.lognormal(typical, sigma)
+    }
+
+    #[test]
+    fn a_permanent_shift_on_a_noisy_cycling_api_stays_one_open_incident_for_a_day() {
+        // Noisy APIs (sigma 0.33) with a daily cycle: the shift must be
+        // measured well enough that a 16-check median dipping under the
+        // recovery threshold does not resolve it, and the baseline must
+        // keep following the cycle without absorbing the shift.
+        for seed in [21, 22, 23, 24] {
+            let mut r = Run::new();
+            let mut n = Noise(seed);
+            for _ in 0..5760 {
+                let ms = cyclic(&mut n, r.i, 0.33, 1.0);
+                r.ok(ms);
+            }
+            let healthy_opens = r.opened(Kind::Slow).len();
+            let start = r.i;
+            for _ in 0..5760 {
+                let ms = cyclic(&mut n, r.i, 0.33, 1.6);
+                r.ok(ms);
+            }
+            let opened: Vec<i64> = r
+                .opened(Kind::Slow)
+                .into_iter()
+                .filter(|i| *i >= start)
+                .collect();
+            assert_eq!(healthy_opens, 0, "seed {seed}: {:?}", r.log);
+            assert_eq!(opened.len(), 1, "seed {seed}: {:?}", r.log);
+            assert!(opened[0] - start <= 120, "seed {seed}: {opened:?}");
+            assert!(
+                r.resolved(Kind::Slow).is_empty(),
+                "seed {seed}: resolved while still 60% slower: {:?}",
+                r.log
+            );
+            let shift = r.tr.slow_shift.unwrap();
+            assert!((1.4..1.85).contains(&shift), "seed {seed}: shift {shift}");
+        }
+    }
+
+    #[test]
+    fn a_slow_recovery_that_was_only_a_dip_reopens_the_same_incident() {
+        let mut r = Run::new();
+        let mut n = Noise(25);
+        r.healthy(600, &mut n);
+        for _ in 0..200 {
+            let ms = 1.6 * n.lognormal(100.0, 0.2);
+            r.ok(ms);
+        }
+        assert_eq!(r.opened(Kind::Slow).len(), 1, "{:?}", r.log);
+        // Fourteen healthy checks: the 16-check median recovers...
+        r.healthy(14, &mut n);
+        assert!(
+            r.log.iter().any(|(_, c, _)| *c == Change::Recovering),
+            "{:?}",
+            r.log
+        );
+        // ...but the shift is still there: the lasting rule fires again on
+        // the checks after the recovery, longer after it than the flap
+        // window (20 checks), and that is the same incident.
+        for _ in 0..120 {
+            let ms = 1.6 * n.lognormal(100.0, 0.2);
+            r.ok(ms);
+        }
+        assert_eq!(r.opened(Kind::Slow).len(), 1, "{:?}", r.log);
+        assert!(r.resolved(Kind::Slow).is_empty(), "{:?}", r.log);
+        let inc = r.tr.slow.as_ref().unwrap();
+        assert_eq!((inc.state, inc.flaps), (State::Open, 1), "{:?}", r.log);
+    }
+
+    #[test]
+    fn a_finished_slowdown_resolves_even_when_judged_on_long_windows() {
+        // A noisy API judged on 40-check windows: the healthy checks after
+        // the slowdown must not teach the baseline "healthy / shift", which
+        // would lock the incident open.
+        let mut r = Run::new();
+        r.p.slow_resolve_window = 40;
+        let mut n = Noise(26);
+        for _ in 0..1200 {
+            let ms = n.lognormal(100.0, 0.33);
+            r.ok(ms);
+        }
+        for _ in 0..120 {
+            let ms = 3.0 * n.lognormal(100.0, 0.33);
+            r.ok(ms);
+        }
+        assert_eq!(r.opened(Kind::Slow).len(), 1, "{:?}", r.log);
+        assert!(r.tr.slow_shift.is_some(), "the shift is measured by now");
+        for _ in 0..240 {
+            let ms = n.lognormal(100.0, 0.33);
+            r.ok(ms);
+        }
+        assert_eq!(r.resolved(Kind::Slow).len(), 1, "{:?}", r.log);
+        let b = r.tr.baseline.median_ms();
+        assert!((85.0..118.0).contains(&b), "baseline {b} for a 100 ms API");
     }
 
     #[test]
