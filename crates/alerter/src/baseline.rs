@@ -1,6 +1,9 @@
 //! Each API's usual response times: mean and p95 of its successful checks
 //! over `BASELINE_WINDOW` (7 days) before the period being judged, so that
-//! the period does not dilute its own baseline. Cached for up to an hour.
+//! the period does not dilute its own baseline. Checks that belong to an
+//! incident (from its first bad check to its recovery, or still open) are
+//! left out, so that a slowdown does not become part of "usual" and hide
+//! the next one. Cached for up to an hour.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -118,9 +121,13 @@ impl Baselines {
         let rows: Vec<(String, Option<f64>, Option<f64>)> = sqlx::query_as(
             r#"SELECT api_name, avg(response_time_ms),
                       percentile_cont(0.95) WITHIN GROUP (ORDER BY response_time_ms)
-               FROM api_metrics
+               FROM api_metrics m
                WHERE "timestamp" >= $1 AND "timestamp" < $3 AND success
                  AND response_time_ms IS NOT NULL AND ($2::text IS NULL OR api_name = $2)
+                 AND NOT EXISTS (
+                     SELECT 1 FROM incidents i
+                     WHERE i.api_name = m.api_name AND m."timestamp" >= i.started_at
+                       AND m."timestamp" < COALESCE(i.recovered_at, i.resolved_at, 'infinity'))
                GROUP BY api_name"#,
         )
         .bind(from)

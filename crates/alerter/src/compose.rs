@@ -297,6 +297,9 @@ pub struct ReportRow {
     pub high: i64,
     pub medium: i64,
     pub status: Status,
+    /// Why the status reads as it does, when the figures alone could
+    /// mislead (anomalies on a healthy API, data that did not arrive).
+    pub note: Option<String>,
 }
 
 /// How an API did over a report's period.
@@ -304,6 +307,8 @@ pub struct ReportRow {
 pub enum Status {
     Down,
     Slow,
+    /// The period's checks had not all arrived when the report was due.
+    Missing,
     NoData,
     Healthy,
 }
@@ -313,6 +318,7 @@ impl Status {
         match self {
             Status::Down => "down",
             Status::Slow => "slow",
+            Status::Missing => "data missing",
             Status::NoData => "no data",
             Status::Healthy => "healthy",
         }
@@ -344,7 +350,13 @@ impl Report {
             return format!("[apimon] Status: all {} APIs healthy", self.rows.len());
         }
         let mut parts = Vec::new();
-        for s in [Status::Down, Status::Slow, Status::NoData, Status::Healthy] {
+        for s in [
+            Status::Down,
+            Status::Slow,
+            Status::Missing,
+            Status::NoData,
+            Status::Healthy,
+        ] {
             let n = self.count(s);
             if n > 0 {
                 parts.push(format!("{n} {}", s.as_str()));
@@ -464,6 +476,7 @@ pub fn report(r: &Report, dashboard: &str) -> Message {
         "critical",
         "high",
         "medium",
+        "note",
     ];
     t.push_str(&header.join(" | "));
     t.push('\n');
@@ -489,13 +502,14 @@ pub fn report(r: &Report, dashboard: &str) -> Message {
             row.critical.to_string(),
             row.high.to_string(),
             row.medium.to_string(),
+            row.note.clone().unwrap_or_default(),
         ];
         t.push_str(&cells.join(" | "));
         t.push('\n');
         let color = match row.status {
             Status::Down => "#fdd",
             Status::Slow => "#ffd",
-            Status::NoData => "#eee",
+            Status::Missing | Status::NoData => "#eee",
             Status::Healthy => "#fff",
         };
         h.push_str(&format!("<tr style=\"background:{color}\">"));
@@ -524,6 +538,7 @@ pub fn report(r: &Report, dashboard: &str) -> Message {
                 "successes": x.successes, "mean_ms": x.mean_ms, "p95_ms": x.p95_ms,
                 "baseline_p95_ms": x.baseline.map(|b| b.p95_ms),
                 "critical": x.critical, "high": x.high, "medium": x.medium,
+                "note": x.note,
             })).collect::<Vec<_>>(),
             "incidents": r.incidents.iter().map(|i| json!({
                 "id": i.incident_id, "api": i.api_name, "kind": i.kind.as_str(),
@@ -680,6 +695,7 @@ mod tests {
             high: 0,
             medium: 0,
             status,
+            note: None,
         };
         let mut r = Report {
             start: t,

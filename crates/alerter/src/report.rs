@@ -10,6 +10,13 @@
 //! period is above its baseline p95 times `SLOW_FACTOR`, or above
 //! `SLOW_THRESHOLD_MS` when that is set. **No data**: no check in the
 //! period.
+//!
+//! A report covers only rows that have arrived. The pinger buffers its
+//! rows (through a database outage too), so a period is reported once every
+//! API that is being checked has a row at or after the period's end: its
+//! checks up to the end are then in. An API whose rows have still not come
+//! one report interval after the end is reported as **data missing**, with
+//! the checks that did arrive; never as healthy.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -65,13 +72,77 @@ pub fn classify(
 
 type Stats = (String, i64, i64, Option<f64>, Option<f64>, bool, bool);
 
-/// Computes the report of `[start, end)`.
+/// An API checked recently (a row or a registration within this time
+/// before the period) is expected to have rows in it; older ones are
+/// endpoints no pinger checks any more.
+const EXPECTED_WITHIN: chrono::Duration = chrono::Duration::hours(1);
+
+/// The APIs being checked whose rows up to `end` have not all arrived: no
+/// row at or after `end` yet.
+pub async fn not_arrived(pool: &PgPool, end: DateTime<Utc>) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"SELECT e.api_name FROM api_endpoints e
+           WHERE (e.updated_at >= $2
+                  OR EXISTS (SELECT 1 FROM api_metrics m
+                             WHERE m.api_name = e.api_name AND m."timestamp" >= $2))
+             AND NOT EXISTS (SELECT 1 FROM api_metrics m
+                             WHERE m.api_name = e.api_name AND m."timestamp" >= $1)
+           ORDER BY 1"#,
+    )
+    .bind(end)
+    .bind(end - EXPECTED_WITHIN)
+    .fetch_all(pool)
+    .await
+}
+
+/// The note of a row: why its status reads as it does, when the figures
+/// alone could mislead.
+fn note(row: &ReportRow, interval: Duration) -> Option<String> {
+    match row.status {
+        Status::Missing => Some(format!(
+            "{} of about {} checks arrived; the rest had not come in when the report was due",
+            row.checks,
+            expected_checks(interval)
+        )),
+        Status::Healthy if row.critical + row.high > 0 => Some(format!(
+            "{} single-check anomal{} ({} critical, {} high), no sustained incident",
+            row.critical + row.high + row.medium,
+            if row.critical + row.high + row.medium == 1 {
+                "y"
+            } else {
+                "ies"
+            },
+            row.critical,
+            row.high
+        )),
+        _ => None,
+    }
+}
+
+/// Checks a period holds at the default 15 s interval.
+fn expected_checks(period: Duration) -> u64 {
+    period.as_secs() / 15
+}
+
+/// Computes the report of `[start, end)`. APIs in `missing` (their rows
+/// had not all arrived) are reported as data missing unless down.
 pub async fn build(
     pool: &PgPool,
     cfg: &AlerterConfig,
     baselines: &mut Baselines,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
+) -> Result<Report, sqlx::Error> {
+    build_with_missing(pool, cfg, baselines, start, end, &[]).await
+}
+
+async fn build_with_missing(
+    pool: &PgPool,
+    cfg: &AlerterConfig,
+    baselines: &mut Baselines,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    missing: &[String],
 ) -> Result<Report, sqlx::Error> {
     let stats: Vec<Stats> = sqlx::query_as(
         r#"SELECT e.api_name,
@@ -119,17 +190,21 @@ pub async fn build(
         .into_iter()
         .map(|(api, checks, ok, mean, p95, down_open, slow_open)| {
             let baseline = base.get(&api).copied();
-            ReportRow {
-                status: classify(
-                    checks,
-                    ok,
-                    p95,
-                    baseline,
-                    down_open,
-                    slow_open,
-                    cfg.slow_factor,
-                    cfg.slow_threshold_ms,
-                ),
+            let mut status = classify(
+                checks,
+                ok,
+                p95,
+                baseline,
+                down_open,
+                slow_open,
+                cfg.slow_factor,
+                cfg.slow_threshold_ms,
+            );
+            if status != Status::Down && missing.contains(&api) {
+                status = Status::Missing;
+            }
+            let mut row = ReportRow {
+                status,
                 critical: get(&api, "critical"),
                 high: get(&api, "high"),
                 medium: get(&api, "medium"),
@@ -139,7 +214,10 @@ pub async fn build(
                 mean_ms: mean,
                 p95_ms: p95,
                 baseline,
-            }
+                note: None,
+            };
+            row.note = note(&row, cfg.report_interval);
+            row
         })
         .collect();
     let incidents = apimon_core::db::incidents::for_period(pool, start, end)
@@ -155,8 +233,13 @@ pub async fn build(
     })
 }
 
-/// Writes the report of the last closed period unless some alerter has.
-/// Returns whether this call wrote it.
+/// Writes the report of the previous or the last closed period, whichever
+/// is not written yet and is due, unless some alerter has. Returns whether
+/// this call wrote one.
+///
+/// A period is due once the rows of every API being checked have arrived
+/// up to its end (see [`not_arrived`]), or one report interval after its
+/// end, with the APIs still missing reported as such.
 #[tracing::instrument(skip_all)]
 pub async fn maybe_report(
     pool: &PgPool,
@@ -164,18 +247,57 @@ pub async fn maybe_report(
     baselines: &mut Baselines,
     now: DateTime<Utc>,
 ) -> anyhow::Result<bool> {
-    let end = last_period_end(now, cfg.report_interval);
-    let start = end
-        - chrono::Duration::from_std(cfg.report_interval).unwrap_or(chrono::Duration::minutes(5));
-    let done: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM status_reports WHERE period_end = $1)")
-            .bind(end)
-            .fetch_one(pool)
+    let step =
+        chrono::Duration::from_std(cfg.report_interval).unwrap_or(chrono::Duration::minutes(5));
+    let last = last_period_end(now, cfg.report_interval);
+    let reported: Vec<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT period_end FROM status_reports WHERE period_end = ANY($1)")
+            .bind(vec![last - step * 2, last - step, last])
+            .fetch_all(pool)
             .await?;
-    if done {
+    // The previous period is caught up only when it was waiting for its
+    // rows (the one before it was written): an alerter that starts, or
+    // comes back after a while, reports from the last period on.
+    let previous_waiting =
+        reported.contains(&(last - step * 2)) && !reported.contains(&(last - step));
+    let end = if previous_waiting {
+        last - step
+    } else if !reported.contains(&last) {
+        last
+    } else {
+        return Ok(false);
+    };
+    let missing = not_arrived(pool, end).await?;
+    let overdue = now >= end + step;
+    if !missing.is_empty() && !overdue {
+        tracing::debug!(
+            period_end = %end,
+            waiting_for = missing.len(),
+            "report waits for the period's rows"
+        );
         return Ok(false);
     }
-    let report = build(pool, cfg, baselines, start, end).await?;
+    if !missing.is_empty() {
+        tracing::warn!(
+            period_end = %end,
+            apis = missing.len(),
+            "the period's rows of some APIs never arrived; reporting them as data missing"
+        );
+    }
+    write(pool, cfg, baselines, end - step, end, &missing).await
+}
+
+/// Builds and queues the report of `[start, end)` unless some alerter has
+/// claimed that period.
+async fn write(
+    pool: &PgPool,
+    cfg: &AlerterConfig,
+    baselines: &mut Baselines,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    missing: &[String],
+) -> anyhow::Result<bool> {
+    let report = build_with_missing(pool, cfg, baselines, start, end, missing).await?;
     let mut tx = pool.begin().await?;
     let claimed = sqlx::query(
         "INSERT INTO status_reports (period_end, period_start) VALUES ($1, $2) ON CONFLICT DO NOTHING",

@@ -490,21 +490,27 @@ async fn a_status_report_lists_one_slow_one_down_and_six_healthy_apis() {
             };
             rows.push(metric(n, ts, rt));
         }
+        // The first check after the period: its rows are all in.
+        rows.push(metric(n, end, Some(100.0)));
     }
     db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
     let mut tx = db.pool.begin().await.unwrap();
+    let anomaly = |api: &str, severity: &str, rt: f64| db::anomalies::AnomalyRow {
+        timestamp: begin + chrono::Duration::seconds(30),
+        api_name: api.into(),
+        response_time_ms: Some(rt),
+        anomaly_score: -0.15,
+        severity: severity.into(),
+        details: "slow".into(),
+        features: None,
+        model_version: Some(1),
+    };
     db::anomalies::insert(
         &mut tx,
-        &[db::anomalies::AnomalyRow {
-            timestamp: begin + chrono::Duration::seconds(30),
-            api_name: "slowpoke".into(),
-            response_time_ms: Some(400.0),
-            anomaly_score: -0.15,
-            severity: "high".into(),
-            details: "slow".into(),
-            features: None,
-            model_version: Some(1),
-        }],
+        &[
+            anomaly("slowpoke", "high", 400.0),
+            anomaly("a1", "critical", 900.0),
+        ],
     )
     .await
     .unwrap();
@@ -577,7 +583,167 @@ async fn a_status_report_lists_one_slow_one_down_and_six_healthy_apis() {
     assert!(text.contains("Slow: slowpoke\nDown: deadbeef\n"), "{text}");
     assert!(text.contains("slowpoke | slow | 20 | 100.0% |"), "{text}");
     assert!(text.contains("deadbeef | down | 20 | 0.0% |"), "{text}");
+    // A healthy row next to a critical anomaly says why it is healthy.
+    let a1 = text.lines().find(|l| l.starts_with("a1 |")).unwrap();
+    assert!(
+        a1.starts_with("a1 | healthy | 20 |")
+            && a1.ends_with(
+                "| 1 | 0 | 0 | 1 single-check anomaly (1 critical, 0 high), no sustained incident"
+            ),
+        "{a1}"
+    );
+    let a2 = text.lines().find(|l| l.starts_with("a2 |")).unwrap();
+    assert!(
+        a2.ends_with("| 0 | 0 | 0 | "),
+        "no note without anomalies: {a2}"
+    );
     run.stop().await;
+}
+
+/// The 5-minute period that closed last, with the one before it marked as
+/// reported (an alerter has been running).
+async fn five_minute_period(db: &Db) -> (DateTime<Utc>, DateTime<Utc>) {
+    let end = alerter::report::last_period_end(Utc::now(), Duration::from_secs(300));
+    let begin = end - chrono::Duration::seconds(300);
+    sqlx::query("DELETE FROM status_reports WHERE period_end >= $1")
+        .bind(begin)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO status_reports (period_end, period_start) VALUES ($1, $1 - interval '5 minutes')",
+    )
+    .bind(begin)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    (begin, end)
+}
+
+/// Checks every 15 s over `[from, from + n × 15 s)`.
+fn checks(api: &str, from: DateTime<Utc>, n: i64, rt: f64) -> Vec<MetricRow> {
+    (0..n)
+        .map(|i| metric(api, from + chrono::Duration::seconds(15 * i), Some(rt)))
+        .collect()
+}
+
+/// The queued report of the period ending at `end`: subject and text.
+async fn queued_report(pool: &PgPool, end: DateTime<Utc>) -> Option<(String, String)> {
+    sqlx::query_as(
+        "SELECT subject, body_text FROM notifications WHERE kind = 'report' AND dedup_key = $1",
+    )
+    .bind(format!("report:{}", end.timestamp()))
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_report_waits_for_rows_still_on_their_way_and_then_counts_them_all() {
+    let db = database(&["steady", "buffered"]).await;
+    let cfg = env(&db, None, &[("ALERT_CHECK_INTERVAL", "300".into())]);
+    let (begin, end) = five_minute_period(&db).await;
+    let mut baselines = alerter::baseline::Baselines::new(cfg.baseline_window);
+    let mut rows = checks("steady", begin, 21, 100.0);
+    // 9 of its 20 checks are in; the rest sit in the pinger's buffer.
+    rows.extend(checks("buffered", begin, 9, 100.0));
+    db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
+    let at = end + chrono::Duration::seconds(10);
+    assert!(
+        !alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, at)
+            .await
+            .unwrap(),
+        "a period whose rows are still on their way is not reported"
+    );
+    assert!(queued_report(&db.pool, end).await.is_none());
+    // The buffer is flushed: the other 11 and the first check after.
+    let late = checks(
+        "buffered",
+        begin + chrono::Duration::seconds(135),
+        12,
+        100.0,
+    );
+    db::metrics::insert_batch(&db.pool, &late).await.unwrap();
+    assert!(
+        alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, at)
+            .await
+            .unwrap()
+    );
+    let (subject, text) = queued_report(&db.pool, end).await.unwrap();
+    assert_eq!(subject, "[apimon] Status: all 2 APIs healthy");
+    assert!(
+        text.contains("buffered | healthy | 20 | 100.0% |"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn rows_that_never_arrive_are_reported_as_data_missing_not_healthy() {
+    let db = database(&["steady", "cut-off"]).await;
+    let cfg = env(&db, None, &[("ALERT_CHECK_INTERVAL", "300".into())]);
+    let (begin, end) = five_minute_period(&db).await;
+    let mut baselines = alerter::baseline::Baselines::new(cfg.baseline_window);
+    let mut rows = checks("steady", begin, 21, 100.0);
+    rows.extend(checks("cut-off", begin, 9, 100.0));
+    db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
+    let at = end + chrono::Duration::seconds(10);
+    assert!(
+        !alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, at)
+            .await
+            .unwrap()
+    );
+    // One report interval later the rows have still not come: the period
+    // is reported, and says so.
+    let later = end + chrono::Duration::seconds(310);
+    assert!(
+        alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, later)
+            .await
+            .unwrap()
+    );
+    let (subject, text) = queued_report(&db.pool, end).await.unwrap();
+    assert_eq!(subject, "[apimon] Status: 1 data missing, 1 healthy");
+    let row = text.lines().find(|l| l.starts_with("cut-off |")).unwrap();
+    assert!(
+        row.starts_with("cut-off | data missing | 9 | 100.0% |")
+            && row.ends_with(
+                "9 of about 20 checks arrived; the rest had not come in when the report was due"
+            ),
+        "{row}"
+    );
+}
+
+#[tokio::test]
+async fn a_report_baseline_leaves_out_the_checks_of_earlier_incidents() {
+    let db = database(&["repeat"]).await;
+    let cfg = env(&db, None, &[("ALERT_CHECK_INTERVAL", "300".into())]);
+    let (begin, end) = five_minute_period(&db).await;
+    let hour_ago = begin - chrono::Duration::minutes(60);
+    // An hour at 100 ms, of which 15 minutes were a first slowdown at
+    // 400 ms (a recorded incident), then the period: a second slowdown.
+    let mut rows = checks("repeat", hour_ago, 240, 100.0);
+    let first = hour_ago + chrono::Duration::minutes(20);
+    rows.retain(|r| r.timestamp < first || r.timestamp >= first + chrono::Duration::minutes(15));
+    rows.extend(checks("repeat", first, 60, 400.0));
+    rows.extend(checks("repeat", begin, 21, 400.0));
+    db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
+    let mut slow = incident(Kind::Slow, first, "");
+    slow.reason = "median of the last 8 checks 400 ms, 4.0x the baseline 100 ms".into();
+    apply(&db.pool, "repeat", vec![(Change::Opened, slow.clone())]).await;
+    let recovered = first + chrono::Duration::minutes(15);
+    slow.state = State::Resolved;
+    slow.recovered_at = Some(recovered.trunc_subsecs(6));
+    slow.resolved_at = Some((recovered + chrono::Duration::minutes(5)).trunc_subsecs(6));
+    apply(&db.pool, "repeat", vec![(Change::Resolved, slow)]).await;
+
+    let mut baselines = alerter::baseline::Baselines::new(cfg.baseline_window);
+    let report = alerter::report::build(&db.pool, &cfg, &mut baselines, begin, end)
+        .await
+        .unwrap();
+    let row = &report.rows[0];
+    // 60 of 240 checks were at 400 ms: a p95 over all of them would be
+    // 400 ms and the second slowdown would look usual.
+    assert_eq!(row.baseline.map(|b| b.p95_ms), Some(100.0), "{row:?}");
+    assert_eq!(row.status, alerter::compose::Status::Slow, "{row:?}");
 }
 
 #[tokio::test]
