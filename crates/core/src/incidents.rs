@@ -652,9 +652,8 @@ impl Tracker {
             let t = b.threshold_ms(p.slow_fast_ratio, fast_n, NOISE_Z_FAST, p.slow_min_ms);
             if m >= t {
                 let why = format!(
-                    "median of the last {fast_n} checks {m:.0} ms, {:.1}x the baseline {:.0} ms",
-                    m / b.median_ms(),
-                    b.median_ms()
+                    "the median of the last {fast_n} checks went above {:.1}x the baseline",
+                    t / b.median_ms()
                 );
                 return Some((Severity::Critical, m, why, fast_n, t));
             }
@@ -663,9 +662,8 @@ impl Tracker {
             let t = b.threshold_ms(p.slow_ratio, slow_n, NOISE_Z, p.slow_min_ms);
             if m >= t {
                 let why = format!(
-                    "median of the last {slow_n} checks {m:.0} ms, {:.1}x the baseline {:.0} ms",
-                    m / b.median_ms(),
-                    b.median_ms()
+                    "the median of the last {slow_n} checks went above {:.1}x the baseline",
+                    t / b.median_ms()
                 );
                 return Some((Severity::High, m, why, slow_n, t));
             }
@@ -691,17 +689,26 @@ impl Tracker {
                             started = e.timestamp;
                         }
                     }
+                    let mut episode = Vec::new();
                     for e in self.window.iter().filter(|e| e.timestamp >= started) {
                         evidence.checks += 1;
                         evidence.failures += u64::from(e.ms.is_none());
                         if let Some(ms) = e.ms {
                             evidence.max_ms = Some(evidence.max_ms.map_or(ms, |m: f64| m.max(ms)));
+                            episode.push(ms);
                         }
                     }
+                    // The level is that of the episode's own checks, not of
+                    // the window that fired (half of which may predate it).
+                    let level = if episode.is_empty() {
+                        median
+                    } else {
+                        crate::model::quantile(&mut episode, 0.5)
+                    };
                     evidence.baseline_ms = Some(self.baseline.median_ms());
                     evidence.baseline_p95_ms = Some(self.baseline.p95_ms());
-                    evidence.median_ms = Some(median);
-                    evidence.peak_median_ms = Some(median);
+                    evidence.median_ms = Some(level);
+                    evidence.peak_median_ms = Some(level.max(median));
                     self.open(
                         Kind::Slow,
                         started,
@@ -1346,6 +1353,50 @@ mod tests {
         assert_eq!(r.resolved(Kind::Slow).len(), 1, "{:?}", r.log);
         let b = r.tr.baseline.median_ms();
         assert!((85.0..118.0).contains(&b), "baseline {b} for a 100 ms API");
+    }
+
+    #[test]
+    fn an_incidents_facts_come_from_its_own_episode_and_the_healthy_baseline() {
+        // A 22 ms API: one unrelated 10x check, then five minutes later a
+        // sustained 10x slowdown. "Since" must be the slowdown's first
+        // check, not the earlier spike, and "usual" the healthy 22 ms,
+        // not a window that already holds slow checks.
+        let mut r = Run::new();
+        let mut n = Noise(27);
+        for _ in 0..600 {
+            let ms = n.lognormal(22.0, 0.1);
+            r.ok(ms);
+        }
+        let spike = r.i;
+        r.ok(220.0);
+        for _ in 0..20 {
+            let ms = n.lognormal(22.0, 0.1);
+            r.ok(ms);
+        }
+        let start = r.i;
+        for _ in 0..20 {
+            let ms = 10.0 * n.lognormal(22.0, 0.1);
+            r.ok(ms);
+        }
+        let inc = r.tr.slow.clone().unwrap();
+        assert_eq!(
+            inc.started_at,
+            t(start),
+            "since the slowdown, not the spike at {}",
+            t(spike)
+        );
+        let base = inc.evidence.baseline_ms.unwrap();
+        assert!(
+            (20.0..24.0).contains(&base),
+            "usual {base} ms for a 22 ms API"
+        );
+        let ratio = inc.evidence.median_ms.unwrap() / base;
+        assert!((8.0..12.5).contains(&ratio), "{ratio}x for a 10x slowdown");
+        let words = inc.evidence.latency_summary().unwrap();
+        assert!(
+            words.contains("against a healthy baseline of 22 ms"),
+            "{words}"
+        );
     }
 
     #[test]
