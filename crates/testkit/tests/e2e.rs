@@ -15,7 +15,7 @@ use std::time::Duration;
 use apimon_testkit::http::Reply;
 use apimon_testkit::procs::eventually;
 use apimon_testkit::smtp::Mail;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use helpers::{count, logs, subject, text, Stack};
 
 const HEALTHY: [&str; 6] = ["ok1", "ok2", "ok3", "ok4", "ok5", "ok6"];
@@ -198,6 +198,8 @@ async fn a_slow_and_a_dead_endpoint_are_detected_alerted_and_reported() {
         }
     }
 
+    unmet.extend(facts_against_the_database(&stack, fault_at).await);
+
     let subjects: Vec<String> = mails.iter().map(subject).collect();
     assert!(
         unmet.is_empty(),
@@ -205,4 +207,191 @@ async fn a_slow_and_a_dead_endpoint_are_detected_alerted_and_reported() {
         unmet.join("\n- "),
         logs(&services)
     );
+}
+
+/// Checks each fact of the first DOWN, SLOW and RESOLVED notifications and
+/// of a status report against the rows in the database, and prints the
+/// mails (`-- --nocapture`) for the record. Returns what did not match.
+async fn facts_against_the_database(stack: &Stack, fault_at: DateTime<Utc>) -> Vec<String> {
+    let mut unmet = Vec::new();
+    let mails = stack.smtp.mails();
+    let find = |prefix: &str| {
+        mails
+            .iter()
+            .find(|m| subject(m).starts_with(prefix))
+            .map(|m| (subject(m), text(m)))
+    };
+    let field = |t: &str, key: &str| {
+        t.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::to_string)
+    };
+    let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let pool = &stack.pool;
+
+    // DOWN: "Since" is the dead endpoint's first failed check.
+    if let Some((subj, t)) = find("[apimon] DOWN: dead") {
+        println!("--- {subj}\n{t}");
+        let first: Option<DateTime<Utc>> = sqlx::query_scalar(
+            r#"SELECT min("timestamp") FROM api_metrics
+               WHERE api_name = 'dead' AND NOT success AND "timestamp" > $1"#,
+        )
+        .bind(fault_at)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let want = first.map(|f| format!("{} (first failed check)", fmt(f)));
+        if field(&t, "Since: ") != want {
+            unmet.push(format!(
+                "DOWN says Since: {:?}; the first failed check is {want:?}",
+                field(&t, "Since: ")
+            ));
+        }
+    }
+
+    // SLOW: "Since" is a check of the slowdown, and the median it gives is
+    // the median of the checks from then to the opening.
+    if let Some((subj, t)) = find("[apimon] SLOW: slow") {
+        println!("--- {subj}\n{t}");
+        let (started, opened): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
+            "SELECT started_at, opened_at FROM incidents WHERE api_name = 'slow' AND kind = 'slow'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if field(&t, "Since: ") != Some(format!("{} (first slow check)", fmt(started))) {
+            unmet.push(format!(
+                "SLOW says Since: {:?}; the incident started at {started}",
+                field(&t, "Since: ")
+            ));
+        }
+        let first_rt: Option<f64> = sqlx::query_scalar(
+            r#"SELECT response_time_ms FROM api_metrics WHERE api_name = 'slow' AND "timestamp" = $1"#,
+        )
+        .bind(started)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .flatten();
+        if started < fault_at - chrono::Duration::seconds(1) || first_rt.is_none_or(|v| v < 200.0) {
+            unmet.push(format!(
+                "the slow incident started at {started} ({first_rt:?} ms), not at a check of the slowdown (from {fault_at})"
+            ));
+        }
+        let (median, before): (Option<f64>, Option<f64>) = sqlx::query_as(
+            r#"SELECT
+                 (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY response_time_ms)
+                  FROM api_metrics WHERE api_name = 'slow' AND success
+                    AND "timestamp" >= $1 AND "timestamp" <= $2),
+                 (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY response_time_ms)
+                  FROM api_metrics WHERE api_name = 'slow' AND success AND "timestamp" < $3)"#,
+        )
+        .bind(started)
+        .bind(opened)
+        .bind(fault_at)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let latency = field(&t, "Latency: ").unwrap_or_default();
+        let said = |prefix: &str| -> Option<f64> {
+            let rest = latency.split(prefix).nth(1)?;
+            rest.split(" ms").next()?.trim().parse().ok()
+        };
+        let (said_median, said_base) = (said("median "), said("healthy baseline of "));
+        let near = |a: Option<f64>, b: Option<f64>, tol: f64| matches!((a, b), (Some(a), Some(b)) if (a - b).abs() <= tol * b.max(1.0));
+        if !near(said_median, median, 0.01) {
+            unmet.push(format!(
+                "SLOW says median {said_median:?} ms; the checks from its start to its opening have a median of {median:?} ms"
+            ));
+        }
+        if !near(said_base, before, 0.3) {
+            unmet.push(format!(
+                "SLOW says a baseline of {said_base:?} ms; the checks before the fault have a median of {before:?} ms"
+            ));
+        }
+    }
+
+    // RESOLVED: how long it lasted and when it recovered, as recorded.
+    if let Some((subj, t)) = find("[apimon] RESOLVED: dead down") {
+        println!("--- {subj}\n{t}");
+        let (started, recovered): (DateTime<Utc>, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT started_at, recovered_at FROM incidents WHERE api_name = 'dead' AND kind = 'down'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let first_ok: Option<DateTime<Utc>> = sqlx::query_scalar(
+            r#"SELECT min("timestamp") FROM api_metrics
+               WHERE api_name = 'dead' AND success AND "timestamp" > $1"#,
+        )
+        .bind(started)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if recovered.is_none() || recovered != first_ok {
+            unmet.push(format!(
+                "dead recovered_at {recovered:?}, but its first successful check after the outage is {first_ok:?}"
+            ));
+        }
+        if let Some(r) = recovered {
+            // The alerter's format for durations under an hour.
+            let secs = r.signed_duration_since(started).num_seconds().max(0);
+            let lasted = if secs >= 60 {
+                format!("{}m {}s", secs / 60, secs % 60)
+            } else {
+                format!("{secs}s")
+            };
+            let want = format!("{lasted} (recovered at {})", fmt(r));
+            if field(&t, "Lasted: ").as_deref() != Some(want.as_str()) {
+                unmet.push(format!(
+                    "RESOLVED says Lasted: {:?}; the database gives {want:?}",
+                    field(&t, "Lasted: ")
+                ));
+            }
+        }
+    }
+
+    // A status report: each API's check count is the database's.
+    if let Some(m) = mails.iter().find(|m| report_lists_slow_and_down(m)) {
+        let t = text(m);
+        println!("--- {}\n{t}", subject(m));
+        let period = field(&t, "Period: ").unwrap_or_default();
+        let bounds: Vec<DateTime<Utc>> = period
+            .split(" to ")
+            .filter_map(|p| {
+                chrono::NaiveDateTime::parse_from_str(
+                    p.trim_end_matches(" UTC"),
+                    "%Y-%m-%d %H:%M:%S",
+                )
+                .ok()
+                .map(|n| n.and_utc())
+            })
+            .collect();
+        if let [start, end] = bounds[..] {
+            for api in ["slow", "dead", "ok1"] {
+                let n: i64 = sqlx::query_scalar(
+                    r#"SELECT count(*) FROM api_metrics
+                       WHERE api_name = $1 AND "timestamp" >= $2 AND "timestamp" < $3"#,
+                )
+                .bind(api)
+                .bind(start)
+                .bind(end)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+                let row = t.lines().find(|l| l.starts_with(&format!("{api} | ")));
+                let said = row
+                    .and_then(|r| r.split(" | ").nth(2))
+                    .and_then(|c| c.parse::<i64>().ok());
+                if said != Some(n) {
+                    unmet.push(format!(
+                        "the report gives {api} {said:?} checks for {period}; the database has {n}"
+                    ));
+                }
+            }
+        } else {
+            unmet.push(format!("the report's period `{period}` does not parse"));
+        }
+    }
+    unmet
 }
