@@ -218,3 +218,16 @@ async fn migrated_pool_at(url: &str) -> PgPool {
     db::migrate(&pool).await.unwrap();
     pool
 }
+
+#[tokio::test]
+async fn the_retired_alert_state_tables_are_dropped() {
+    let pool = migrated_pool().await;
+    for table in ["alert_state", "alerter_progress"] {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(!exists, "{table} is still there");
+    }
+}
