@@ -2,6 +2,7 @@
 //! Teams and generic JSON webhooks.
 
 pub mod render;
+pub mod thread;
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::config::{Channels, EmailConfig, SmtpTls, TeamsFormat, WebhookUrl};
+use thread::Thread;
 
 /// Sends notifications through the configured channels.
 pub struct Sender {
@@ -39,11 +41,31 @@ impl Sender {
     }
 
     /// Sends one queued notification on its channel.
-    #[tracing::instrument(skip_all, fields(id = n.id, channel = %n.channel, kind = %n.kind))]
     pub async fn send(&self, n: &Notification) -> Result<(), String> {
+        self.send_in_thread(n, &[]).await
+    }
+
+    /// The domain of `ALERT_EMAIL_FROM`, for `Message-ID`s; `None` without
+    /// email.
+    pub fn email_domain(&self) -> Option<String> {
+        self.email
+            .as_ref()
+            .map(|(_, cfg)| cfg.from.email.domain().to_string())
+    }
+
+    /// Sends one queued notification on its channel; an email answers the
+    /// `openings` (dedup key, creation time) of its incidents.
+    #[tracing::instrument(skip_all, fields(id = n.id, channel = %n.channel, kind = %n.kind))]
+    pub async fn send_in_thread(
+        &self,
+        n: &Notification,
+        openings: &[(String, chrono::DateTime<chrono::Utc>)],
+    ) -> Result<(), String> {
         match n.channel.as_str() {
             "email" => {
-                self.send_email(&n.subject, &n.body_text, n.body_html.as_deref())
+                let domain = self.email_domain().unwrap_or_default();
+                let thread = Thread::of(&n.dedup_key, n.created_at, openings, &domain);
+                self.send_email_in_thread(&n.subject, &n.body_text, n.body_html.as_deref(), &thread)
                     .await
             }
             "slack" => {
@@ -83,12 +105,31 @@ impl Sender {
         text: &str,
         html: Option<&str>,
     ) -> Result<(), String> {
+        self.send_email_in_thread(subject, text, html, &Thread::default())
+            .await
+    }
+
+    /// [`Sender::send_email`] with the `Message-ID`, `In-Reply-To` and
+    /// `References` of `thread`.
+    pub async fn send_email_in_thread(
+        &self,
+        subject: &str,
+        text: &str,
+        html: Option<&str>,
+        thread: &Thread,
+    ) -> Result<(), String> {
         let Some((transport, cfg)) = &self.email else {
             return Err("email is not configured (set ALERT_EMAIL_TO and ALERT_EMAIL_FROM)".into());
         };
         let mut builder = lettre::Message::builder()
             .from(cfg.from.clone())
-            .subject(subject);
+            .subject(subject)
+            .message_id(thread.message_id.clone());
+        if let Some(first) = thread.replies_to.first() {
+            builder = builder
+                .in_reply_to(first.clone())
+                .references(thread.replies_to.join(" "));
+        }
         for to in &cfg.to {
             builder = builder.to(to.clone());
         }

@@ -5,6 +5,7 @@
 //! that loses nothing.
 
 pub mod baseline;
+pub mod catalog;
 pub mod channels;
 pub mod compose;
 pub mod config;

@@ -121,8 +121,8 @@ fn config_error(e: apimon_core::ConfigError) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
-    let env = match Env::load() {
+    // `.env` first: it may set RUST_LOG and LOG_FORMAT.
+    let env = match Env::load().and_then(|env| telemetry::try_init().map(|()| env)) {
         Ok(env) => env,
         Err(e) => return config_error(e),
     };
@@ -174,6 +174,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(e) = e.downcast_ref::<apimon_core::ConfigError>() {
+                return config_error(e.clone());
+            }
             eprintln!("alerter: {e:#}");
             ExitCode::FAILURE
         }
@@ -289,12 +292,15 @@ async fn serve(cfg: AlerterConfig) -> anyhow::Result<()> {
     tracing::info!(database = cfg.db.target(), "alerter starting");
     let shutdown = shutdown::signal();
     tokio::pin!(shutdown);
-    let Some((pool, _)) = db::connect_and_migrate(&cfg.db, &mut shutdown).await else {
-        return Ok(());
-    };
+    // /healthz from the start: 503 with the reason until the database is
+    // ready.
     let health = apimon_core::health::start(cfg.http, "ALERTER_HTTP_PORT")
         .await
         .map_err(anyhow::Error::msg)?;
+    alerter::catalog::register(&cfg.channels);
+    let Some((pool, _)) = db::connect_and_migrate(&cfg.db, &health, &mut shutdown).await? else {
+        return Ok(());
+    };
     alerter::service::run_with_health(cfg, pool, health, shutdown).await
 }
 

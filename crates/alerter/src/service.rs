@@ -165,7 +165,12 @@ pub async fn deliver_one(
         tx.commit().await?;
         return Ok(false);
     };
-    match sender.send(&n).await {
+    let openings = if n.channel == "email" && n.kind != "incident_open" {
+        notifications::openings_of(&mut tx, &n.channel, &incident_ids(&n.payload)).await?
+    } else {
+        Vec::new()
+    };
+    match sender.send_in_thread(&n, &openings).await {
         Ok(()) => {
             notifications::mark_sent(&mut tx, n.id).await?;
             metrics::counter!("apimon_notifications_total", "channel" => n.channel.clone(), "state" => "sent").increment(1);
@@ -193,4 +198,19 @@ pub async fn deliver_one(
     }
     tx.commit().await?;
     Ok(true)
+}
+
+/// The ids of the incidents a notification is about (its payload's
+/// `incidents[].id`).
+fn incident_ids(payload: &serde_json::Value) -> Vec<i64> {
+    payload
+        .get("incidents")
+        .and_then(serde_json::Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.get("id").and_then(serde_json::Value::as_i64))
+                .collect()
+        })
+        .unwrap_or_default()
 }

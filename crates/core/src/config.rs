@@ -58,12 +58,7 @@ impl Env {
         match dotenvy::dotenv() {
             Ok(_) => {}
             Err(e) if e.not_found() => {}
-            Err(dotenvy::Error::LineParse(line, _)) => {
-                return Err(ConfigError::new(
-                    ".env",
-                    format!("cannot parse line `{}`", first_chars(&line, 40)),
-                ))
-            }
+            Err(dotenvy::Error::LineParse(line, _)) => return Err(dotenv_line_error(&line)),
             Err(e) => return Err(ConfigError::new(".env", e.to_string())),
         }
         Ok(Env {
@@ -156,12 +151,35 @@ impl Env {
     }
 }
 
-fn first_chars(s: &str, n: usize) -> String {
-    let mut out: String = s.chars().take(n).collect();
-    if s.chars().count() > n {
-        out.push('…');
-    }
-    out
+/// The error for a line of `.env` that dotenvy cannot parse: it names the
+/// variable (never the value, which may be a password) and says how to
+/// quote.
+pub fn dotenv_line_error(line: &str) -> ConfigError {
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_start_matches("export ").trim())
+        .filter(|k| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        });
+    let what = match key {
+        Some(k) => format!("cannot parse the line of {k}"),
+        None => "cannot parse a line (expected NAME=value)".to_string(),
+    };
+    let example = match key {
+        None | Some("ALERT_EMAIL_TO") => {
+            "ALERT_EMAIL_TO=\"ops@example.com, oncall@example.com\"".to_string()
+        }
+        Some(k) => format!("{k}=\"a value with spaces\""),
+    };
+    ConfigError::new(
+        ".env",
+        format!(
+            "{what}: put a value with spaces, `#`, `$` or quotes in double quotes, \
+             e.g. {example} (or in single quotes to take it literally)"
+        ),
+    )
 }
 
 /// Parses `15`, `15s`, `500ms`, `2m`, `1h`, `1.5s` into a duration. A bare
@@ -196,6 +214,9 @@ pub struct DbConfig {
     options: PgConnectOptions,
     /// `user@host:port/db`, for logs.
     display: String,
+    /// Whether the settings came from `DATABASE_URL` (else the `DB_*`
+    /// parts), to name the right variable in errors.
+    from_url: bool,
     /// Size of each service's connection pool.
     pub max_connections: u32,
     /// How long to wait for a connection before an operation fails.
@@ -219,6 +240,7 @@ impl DbConfig {
     pub fn from_env(env: &Env) -> Result<DbConfig, ConfigError> {
         let max_connections = env.int_in("DB_POOL_SIZE", 5u32, 1..=1000)?;
         let acquire_timeout = env.duration_or("DB_TIMEOUT", Duration::from_secs(5))?;
+        let from_url = env.get("DATABASE_URL").is_some();
         let (options, display) = if let Some(raw) = env.get("DATABASE_URL") {
             let url = url::Url::parse(raw).map_err(|e| {
                 ConfigError::new(
@@ -273,6 +295,7 @@ impl DbConfig {
                 .map(|p| SecretString::from(p.to_string())),
             options: options.application_name("apimon"),
             display,
+            from_url,
             max_connections,
             acquire_timeout,
         })
@@ -291,6 +314,64 @@ impl DbConfig {
     /// `user@host:port/database`, safe to log.
     pub fn target(&self) -> &str {
         &self.display
+    }
+
+    /// The configuration error for a server that refuses these settings:
+    /// one line naming the variable to fix, never the password.
+    pub fn refused(&self, why: Refusal) -> ConfigError {
+        let user = self.options.get_username();
+        let database = self.options.get_database().unwrap_or("");
+        let (parts_key, what) = match why {
+            Refusal::Authentication => (
+                "DB_USER/DB_PASS",
+                format!("password authentication failed for role `{user}`"),
+            ),
+            Refusal::RoleRefused => (
+                "DB_USER",
+                format!("role `{user}` does not exist or may not log in"),
+            ),
+            Refusal::NoDatabase => ("DB_NAME", format!("database `{database}` does not exist")),
+        };
+        let key = if self.from_url {
+            "DATABASE_URL"
+        } else {
+            parts_key
+        };
+        ConfigError::new(
+            key,
+            format!(
+                "PostgreSQL at {} refused the connection: {what} \
+                 (see \"Running without Docker\" in the README to create the role and database)",
+                self.display
+            ),
+        )
+    }
+}
+
+/// Why PostgreSQL refused a connection, when trying again cannot help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Wrong password (SQLSTATE 28P01).
+    Authentication,
+    /// The role does not exist, or `pg_hba.conf` does not let it in
+    /// (SQLSTATE 28000).
+    RoleRefused,
+    /// The database does not exist (SQLSTATE 3D000).
+    NoDatabase,
+}
+
+impl Refusal {
+    /// The refusal a connection error stands for, from its SQLSTATE.
+    pub fn of(e: &sqlx::Error) -> Option<Refusal> {
+        let sqlx::Error::Database(d) = e else {
+            return None;
+        };
+        match d.code().as_deref() {
+            Some("28P01") => Some(Refusal::Authentication),
+            Some("28000") => Some(Refusal::RoleRefused),
+            Some("3D000") => Some(Refusal::NoDatabase),
+            _ => None,
+        }
     }
 }
 
@@ -341,6 +422,28 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_connection_names_the_variable_to_fix_and_not_the_password() {
+        let cfg = DbConfig::from_url("postgres://u:s3cr3tpw@h:6000/d").unwrap();
+        for why in [
+            Refusal::Authentication,
+            Refusal::RoleRefused,
+            Refusal::NoDatabase,
+        ] {
+            let e = cfg.refused(why);
+            assert_eq!(e.key, "DATABASE_URL");
+            assert!(!e.to_string().contains("s3cr3tpw"), "{e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+        assert!(cfg.refused(Refusal::NoDatabase).message.contains("`d`"));
+        let parts = DbConfig::from_env(&Env::from_pairs([("DB_PASS", "s3cr3tpw")])).unwrap();
+        assert_eq!(parts.refused(Refusal::NoDatabase).key, "DB_NAME");
+        assert_eq!(
+            parts.refused(Refusal::Authentication).key,
+            "DB_USER/DB_PASS"
+        );
+    }
+
+    #[test]
     fn bad_port_names_the_variable() {
         let env = Env::from_pairs([("DB_PORT", "70000")]);
         let err = DbConfig::from_env(&env).unwrap_err();
@@ -354,6 +457,18 @@ mod tests {
         let err = DbConfig::from_env(&env).unwrap_err();
         assert_eq!(err.key, "DATABASE_URL");
         assert!(!err.to_string().contains("s3cr3tpw"));
+    }
+
+    #[test]
+    fn an_unparsable_env_line_names_the_variable_says_how_to_quote_and_hides_the_value() {
+        let e = dotenv_line_error("DB_PASS=my s3cr3t pw");
+        assert_eq!(e.key, ".env");
+        assert!(e.message.contains("DB_PASS"), "{e}");
+        assert!(e.message.contains("double quotes"), "{e}");
+        assert!(e.message.contains("DB_PASS=\""), "{e}");
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        let e = dotenv_line_error("what is this");
+        assert!(e.message.contains("NAME=value"), "{e}");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! format, from the `metrics` facade).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -18,7 +18,9 @@ use crate::config::{ConfigError, Env};
 /// Liveness shared by a service's loop and its `/healthz`.
 #[derive(Debug)]
 pub struct Health {
-    db_ok: AtomicBool,
+    /// Why the service cannot do its work now (`None`: the last database
+    /// operation succeeded). Starts as "connecting to the database".
+    problem: Mutex<Option<String>>,
     /// Unix milliseconds of the loop's last heartbeat.
     beat: AtomicI64,
     /// A loop silent for longer than this is dead.
@@ -28,7 +30,7 @@ pub struct Health {
 impl Health {
     pub fn new(stale_after: Duration) -> Arc<Health> {
         Arc::new(Health {
-            db_ok: AtomicBool::new(false),
+            problem: Mutex::new(Some("connecting to the database".into())),
             beat: AtomicI64::new(now_ms()),
             stale_after,
         })
@@ -41,16 +43,35 @@ impl Health {
 
     /// The last database operation succeeded (`true`) or failed.
     pub fn set_db(&self, ok: bool) {
-        self.db_ok.store(ok, Ordering::Relaxed);
-        metrics::gauge!("apimon_database_up").set(if ok { 1.0 } else { 0.0 });
+        self.set(if ok {
+            None
+        } else {
+            Some("database unreachable".into())
+        });
+    }
+
+    /// The service cannot work, and why (shown by `/healthz`).
+    pub fn set_problem(&self, reason: impl Into<String>) {
+        self.set(Some(reason.into()));
+    }
+
+    fn set(&self, problem: Option<String>) {
+        metrics::gauge!("apimon_database_up").set(if problem.is_none() { 1.0 } else { 0.0 });
+        let mut p = self.problem.lock().unwrap_or_else(|e| e.into_inner());
+        *p = problem;
     }
 
     /// `Ok` when healthy, else why not.
     pub fn check(&self) -> Result<(), String> {
-        let silent = now_ms().saturating_sub(self.beat.load(Ordering::Relaxed));
-        if !self.db_ok.load(Ordering::Relaxed) {
-            return Err("database unreachable".into());
+        if let Some(why) = self
+            .problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Err(why);
         }
+        let silent = now_ms().saturating_sub(self.beat.load(Ordering::Relaxed));
         if silent > self.stale_after.as_millis() as i64 {
             return Err(format!("loop silent for {} ms", silent));
         }
@@ -95,6 +116,15 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         .ok()?
         .install_recorder()
         .ok()
+}
+
+/// Describes the metrics every service exports (call once the recorder is
+/// installed).
+pub fn describe_common() {
+    metrics::describe_gauge!(
+        "apimon_database_up",
+        "1 when the last database operation succeeded, else 0"
+    );
 }
 
 #[derive(Clone)]

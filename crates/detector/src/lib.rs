@@ -2,6 +2,7 @@
 //! Isolation Forest per API, streaming (seconds after each check) or
 //! replaying history through the same code.
 
+pub mod catalog;
 pub mod config;
 pub mod engine;
 pub mod evaluate;

@@ -74,8 +74,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
-    let env = match Env::load() {
+    // `.env` first: it may set RUST_LOG and LOG_FORMAT.
+    let env = match Env::load().and_then(|env| telemetry::try_init().map(|()| env)) {
         Ok(env) => env,
         Err(e) => return config_error(e),
     };
@@ -154,6 +154,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(e) = e.downcast_ref::<apimon_core::ConfigError>() {
+                return config_error(e.clone());
+            }
             eprintln!("detector: {e:#}");
             ExitCode::FAILURE
         }
@@ -178,12 +181,16 @@ async fn serve(cfg: DetectorConfig) -> anyhow::Result<()> {
     tracing::info!(database = cfg.db.target(), shard = %cfg.shard, "detector starting");
     let shutdown = shutdown::signal();
     tokio::pin!(shutdown);
-    let Some((pool, _backend)) = db::connect_and_migrate(&cfg.db, &mut shutdown).await else {
-        return Ok(());
-    };
+    // /healthz from the start: 503 with the reason until the database is
+    // ready.
     let health = apimon_core::health::start(cfg.http, "DETECTOR_HTTP_PORT")
         .await
         .map_err(anyhow::Error::msg)?;
+    detector::catalog::register();
+    let Some((pool, _backend)) = db::connect_and_migrate(&cfg.db, &health, &mut shutdown).await?
+    else {
+        return Ok(());
+    };
     detector::service::run_with_health(cfg, pool, health, shutdown).await?;
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! [`buffer::Buffer`] that a [`writer::Writer`] flushes in batches.
 
 pub mod buffer;
+pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod stats;

@@ -25,8 +25,11 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
-    let cfg = match Env::load().and_then(|env| PingerConfig::from_env(&env)) {
+    // `.env` first: it may set RUST_LOG and LOG_FORMAT.
+    let cfg = match Env::load()
+        .and_then(|env| telemetry::try_init().map(|()| env))
+        .and_then(|env| PingerConfig::from_env(&env))
+    {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("pinger: configuration error: {e}");
@@ -51,6 +54,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(serve(cfg, cli.rounds)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<apimon_core::ConfigError>().is_some() => {
+            eprintln!("pinger: configuration error: {e}");
+            ExitCode::from(CONFIG_EXIT_CODE as u8)
+        }
         Err(e) => {
             tracing::error!(error.cause_chain = ?e, error.message = %e, "pinger failed");
             ExitCode::FAILURE
@@ -63,10 +70,14 @@ async fn serve(cfg: PingerConfig, rounds: Option<u64>) -> anyhow::Result<()> {
         database = cfg.db.target(),
         "connecting (the pinger keeps checking while the database is down)"
     );
+    // A server that refuses our settings is a configuration error; one that
+    // cannot be reached is an outage: checks go on, rows wait in memory.
+    db::probe(&cfg.db).await?;
     let pool = db::lazy_pool(&cfg.db);
     let health = apimon_core::health::start(cfg.http, "PINGER_HTTP_PORT")
         .await
         .map_err(anyhow::Error::msg)?;
+    pinger::catalog::register(&cfg.owned_endpoints());
     pinger::run_with_health(cfg, pool, rounds, health, shutdown::signal())
         .await
         .context("running the pinger")?;

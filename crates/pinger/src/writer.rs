@@ -116,7 +116,8 @@ impl Writer {
                 true
             }
             Err(e) => {
-                self.health.set_db(false);
+                // A failed migration is not an outage: say which it is.
+                self.health.set_problem(e.health_reason());
                 let first = st.failing_since.is_none();
                 let since = *st.failing_since.get_or_insert_with(Instant::now);
                 if first || st.backoff >= BACKOFF_MAX {

@@ -86,3 +86,54 @@ pub async fn fresh_database() -> TestDb {
         name,
     }
 }
+
+/// A dedicated PostgreSQL cluster where the role `apimon_pw` must log in
+/// with its password, as on a real server (the shared test server trusts
+/// everyone): for tests of a wrong password or a missing database.
+pub struct PasswordCluster {
+    /// Kept alive for the test; stopped when dropped.
+    pub cluster: PgCluster,
+}
+
+impl PasswordCluster {
+    /// The role that needs its password.
+    pub const ROLE: &'static str = "apimon_pw";
+    /// Its password.
+    pub const PASSWORD: &'static str = "right-password";
+
+    /// Starts the cluster, creates the role and a database `apimon_pw` it
+    /// owns, and requires the password.
+    pub async fn start() -> PasswordCluster {
+        let cluster = tokio::task::spawn_blocking(PgCluster::start)
+            .await
+            .expect("start a PostgreSQL cluster");
+        let mut conn = sqlx::PgConnection::connect(&cluster.url("postgres"))
+            .await
+            .expect("connect to the new cluster");
+        for sql in [
+            format!(
+                "CREATE ROLE {} LOGIN PASSWORD '{}'",
+                Self::ROLE,
+                Self::PASSWORD
+            ),
+            format!("CREATE DATABASE {0} OWNER {0}", Self::ROLE),
+        ] {
+            sqlx::query(&sql)
+                .execute(&mut conn)
+                .await
+                .expect("create the role and its database");
+        }
+        let _ = conn.close().await;
+        cluster.require_password(Self::ROLE);
+        PasswordCluster { cluster }
+    }
+
+    /// `postgres://apimon_pw:<password>@127.0.0.1:<port>/<database>`.
+    pub fn url(&self, password: &str, database: &str) -> String {
+        format!(
+            "postgres://{}:{password}@127.0.0.1:{}/{database}",
+            Self::ROLE,
+            self.cluster.port()
+        )
+    }
+}

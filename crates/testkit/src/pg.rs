@@ -155,6 +155,17 @@ impl PgCluster {
         LeakedCluster { port: self.port }
     }
 
+    /// Makes `role` log in with its password (SCRAM) over TCP, while every
+    /// other role keeps `trust`: for tests of a wrong password.
+    pub fn require_password(&self, role: &str) {
+        let path = self.data_dir().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
+        let line = format!("host all \"{role}\" 127.0.0.1/32 scram-sha-256\n");
+        std::fs::write(&path, format!("{line}{old}"))
+            .unwrap_or_else(|e| panic!("write {path:?}: {e}"));
+        self.run_checked("pg_ctl", &["-D", path_str(&self.data_dir()), "reload"]);
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.root.join("data")
     }

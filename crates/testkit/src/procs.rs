@@ -275,6 +275,71 @@ impl Drop for Service {
     }
 }
 
+/// How a program run by [`run_to_exit`] ended.
+#[derive(Debug)]
+pub struct Exit {
+    /// Its exit status; `None` when it was still running at the limit (then
+    /// it was killed).
+    pub status: Option<ExitStatus>,
+    /// Its stdout and stderr, interleaved as written.
+    pub output: String,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+impl Exit {
+    /// The exit code, `None` when killed or still running at the limit.
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+}
+
+/// Runs `program` (`pinger`, `detector` or `alerter`) from [`bin_dir`]
+/// with exactly `env` (plus `PATH`) and `args`, in `dir`, until it exits or
+/// `limit` passes (then SIGKILL).
+pub fn run_to_exit(
+    program: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    dir: &Path,
+    limit: Duration,
+) -> Exit {
+    let log_path = dir.join(format!("{program}-run.log"));
+    let log = File::create(&log_path).unwrap_or_else(|e| panic!("create {log_path:?}: {e}"));
+    let err = log.try_clone().expect("clone the log file handle");
+    let mut cmd = Command::new(bin_dir().join(program));
+    cmd.env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err);
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        cmd.env("PATH", std::env::var("PATH").unwrap_or_default());
+    }
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {program}: {e}"));
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if start.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Exit {
+        status,
+        output: std::fs::read_to_string(&log_path).unwrap_or_default(),
+        elapsed: start.elapsed(),
+    }
+}
+
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

@@ -14,10 +14,11 @@ use std::fmt;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use crate::config::DbConfig;
+use crate::config::{ConfigError, DbConfig, Refusal};
+use crate::health::Health;
 
 /// The migrations under `migrations/`, embedded in every binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
@@ -39,9 +40,47 @@ pub enum DbError {
         source: sqlx::Error,
     },
     #[error("applying the migrations failed")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[from] MigrateError),
     #[error(transparent)]
     Query(#[from] sqlx::Error),
+}
+
+impl DbError {
+    /// The server refused our settings (wrong password, no such role or
+    /// database): a configuration error, not an outage.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            DbError::Connect { source, .. } | DbError::Query(source) => Refusal::of(source),
+            DbError::Migrate(MigrateError::Execute(source))
+            | DbError::Migrate(MigrateError::ExecuteMigration(source, _)) => Refusal::of(source),
+            DbError::Migrate(_) => None,
+        }
+    }
+
+    /// The migrations themselves failed (a statement the server rejected,
+    /// an applied migration modified or missing), as opposed to a database
+    /// that could not be reached while applying them.
+    pub fn is_migration_failure(&self) -> bool {
+        match self {
+            DbError::Migrate(MigrateError::Execute(source))
+            | DbError::Migrate(MigrateError::ExecuteMigration(source, _)) => {
+                matches!(source, sqlx::Error::Database(_)) && Refusal::of(source).is_none()
+            }
+            DbError::Migrate(_) => true,
+            DbError::Connect { .. } | DbError::Query(_) => false,
+        }
+    }
+
+    /// What `/healthz` says about this failure.
+    pub fn health_reason(&self) -> String {
+        match self {
+            DbError::Migrate(e) if self.is_migration_failure() => {
+                format!("applying the database migrations failed: {e}")
+            }
+            _ if self.refusal().is_some() => "the database refuses our settings".to_string(),
+            _ => "database unreachable".to_string(),
+        }
+    }
 }
 
 /// What the schema runs on.
@@ -98,15 +137,39 @@ pub async fn connect(cfg: &DbConfig) -> Result<PgPool, DbError> {
         })
 }
 
+/// One connection attempt, without the pool's retries: tells at start
+/// whether the server refuses our settings. `Ok` when it connected, or when
+/// it could not be reached at all (an outage, retried later).
+pub async fn probe(cfg: &DbConfig) -> Result<(), ConfigError> {
+    use sqlx::ConnectOptions;
+    let options = cfg.connect_options();
+    let attempt = options.connect();
+    match tokio::time::timeout(cfg.acquire_timeout, attempt).await {
+        Ok(Ok(conn)) => {
+            let _ = sqlx::Connection::close(conn).await;
+            Ok(())
+        }
+        Ok(Err(e)) => match Refusal::of(&e) {
+            Some(why) => Err(cfg.refused(why)),
+            None => Ok(()),
+        },
+        Err(_) => Ok(()),
+    }
+}
+
 /// Connects and migrates, retrying with backoff (up to 30 s between tries)
 /// while the database is unreachable, until it succeeds or `shutdown`
-/// completes (then `None`).
+/// completes (then `None`). `health` tells what it is waiting for. A server
+/// that refuses the settings (wrong password, no such role or database) is
+/// a configuration error: no retry.
 pub async fn connect_and_migrate(
     cfg: &DbConfig,
+    health: &Health,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Option<(PgPool, Backend)> {
+) -> Result<Option<(PgPool, Backend)>, ConfigError> {
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(500);
+    health.set_problem(format!("connecting to the database at {}", cfg.target()));
     loop {
         let attempt = async {
             let pool = connect(cfg).await?;
@@ -119,19 +182,34 @@ pub async fn connect_and_migrate(
             Ok::<_, DbError>((pool, backend))
         };
         tokio::select! {
-            _ = &mut shutdown => return None,
+            _ = &mut shutdown => return Ok(None),
             res = attempt => match res {
-                Ok(ready) => return Some(ready),
-                Err(e) => tracing::warn!(
-                    error.message = %e,
-                    error.cause_chain = ?e,
-                    retry_in_secs = backoff.as_secs_f64(),
-                    "database not ready"
-                ),
+                Ok(ready) => {
+                    health.set_db(true);
+                    health.beat();
+                    return Ok(Some(ready));
+                }
+                Err(e) => {
+                    if let Some(why) = e.refusal() {
+                        return Err(cfg.refused(why));
+                    }
+                    let reason = if e.is_migration_failure() {
+                        e.health_reason()
+                    } else {
+                        format!("connecting to the database at {}", cfg.target())
+                    };
+                    health.set_problem(reason);
+                    tracing::warn!(
+                        error.message = %e,
+                        error.cause_chain = ?e,
+                        retry_in_secs = backoff.as_secs_f64(),
+                        "database not ready"
+                    );
+                }
             },
         }
         tokio::select! {
-            _ = &mut shutdown => return None,
+            _ = &mut shutdown => return Ok(None),
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));

@@ -120,6 +120,35 @@ pub async fn mark_failed(
     Ok(())
 }
 
+/// The incident openings (`incident_open`) queued on `channel` that named
+/// any of `incident_ids`, oldest first: their dedup keys and creation
+/// times, from which their emails' `Message-ID`s are derived.
+pub async fn openings_of(
+    tx: &mut Transaction<'_, Postgres>,
+    channel: &str,
+    incident_ids: &[i64],
+) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
+    if incident_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        r#"SELECT n.dedup_key, n.created_at
+           FROM notifications n
+           WHERE n.channel = $1 AND n.kind = 'incident_open'
+             AND EXISTS (
+                 SELECT 1
+                 FROM jsonb_array_elements(CASE jsonb_typeof(n.payload -> 'incidents')
+                                           WHEN 'array' THEN n.payload -> 'incidents'
+                                           ELSE '[]'::jsonb END) e
+                 WHERE e ->> 'id' = ANY($2))
+           ORDER BY n.id"#,
+    )
+    .bind(channel)
+    .bind(incident_ids.iter().map(i64::to_string).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await
+}
+
 /// Every notification, oldest first (tests, previews).
 pub async fn all(pool: &PgPool) -> Result<Vec<Notification>, sqlx::Error> {
     sqlx::query_as(
