@@ -9,6 +9,11 @@
 //! `1 - contamination` quantile of `s` over the training rows (linear
 //! interpolation, like NumPy), so that a `contamination` share of the
 //! training rows score below 0. Below 0 is an anomaly; lower is worse.
+//!
+//! Training is deterministic: the forest draws its random numbers from a
+//! generator seeded with [`TrainingSpec::seed`] ([`model_seed`] of the API
+//! name and model version), so the same rows give the same scores in the
+//! service, in replay and in tests.
 
 use extended_isolation_forest::{Forest, ForestOptions};
 use serde::{Deserialize, Serialize};
@@ -181,6 +186,25 @@ pub struct TrainingSpec {
     /// What the values are: response times get a practical margin before a
     /// value counts as beyond the range (see [`practical_units`]).
     pub domain: ValueDomain,
+    /// Seeds the forest's random draws (see [`model_seed`]): the same rows
+    /// and seed give the same trees, hence bit-identical scores.
+    pub seed: u64,
+}
+
+/// The seed of the forest of `api_name`'s model `version`: FNV-1a (64 bit)
+/// of the name, a 0 byte, and the version's little-endian bytes. A stable
+/// hash by definition (std's `DefaultHasher` may change between Rust
+/// releases), so a model trained by the service, by `detector replay` or
+/// by a test from the same rows is the same forest.
+pub fn model_seed(api_name: &str, version: i64) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    api_name
+        .as_bytes()
+        .iter()
+        .chain(&[0u8])
+        .chain(&version.to_le_bytes())
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
 }
 
 /// The practical unit of each feature for response times, in the
@@ -339,8 +363,8 @@ impl Model {
             max_tree_depth: None,
             extension_level: params.extension_level,
         };
-        let forest =
-            Forest::from_slice(&scaled, &options).map_err(|e| ModelError::Params(e.to_string()))?;
+        let forest = Forest::from_slice_seeded(&scaled, &options, spec.seed)
+            .map_err(|e| ModelError::Params(e.to_string()))?;
         let trees = Trees::from_crate(forest, &scaler.ignored)?;
         let mut model = Model {
             params: params.clone(),
@@ -662,6 +686,51 @@ mod tests {
         assert_eq!(t.classify(-0.01), Some(Severity::Medium));
         assert_eq!(t.classify(0.0), None);
         assert!(Severity::Critical > Severity::High && Severity::High > Severity::Medium);
+    }
+
+    #[test]
+    fn the_same_rows_api_and_version_train_a_bit_identical_model() {
+        let rows = normal_rows(800, 21);
+        let spec = |api: &str, version| TrainingSpec {
+            seed: model_seed(api, version),
+            ..TrainingSpec::default()
+        };
+        let p = ModelParams::default();
+        let a = Model::train_for(&rows, &p, &spec("checkout", 3)).unwrap();
+        let b = Model::train_for(&rows, &p, &spec("checkout", 3)).unwrap();
+        let mut probes = rows.clone();
+        probes.push([130.0, 104.0, 9.0, 4.0, 25.0, 0.3, 1.0, 1.0]);
+        probes.push([1e4; N_FEATURES]);
+        for x in &probes {
+            assert_eq!(a.score(x).to_bits(), b.score(x).to_bits(), "{x:?}");
+        }
+        assert_eq!(a.offset.to_bits(), b.offset.to_bits());
+        assert_eq!(a.forest_bytes().unwrap(), b.forest_bytes().unwrap());
+        // Another API, or the next version, draws other trees.
+        let other = Model::train_for(&rows, &p, &spec("payments", 3)).unwrap();
+        let next = Model::train_for(&rows, &p, &spec("checkout", 4)).unwrap();
+        assert_ne!(a.forest_bytes().unwrap(), other.forest_bytes().unwrap());
+        assert_ne!(a.forest_bytes().unwrap(), next.forest_bytes().unwrap());
+        assert!(probes.iter().any(|x| a.score(x) != other.score(x)));
+        // An oblique forest (the crate's own form) is seeded alike.
+        let oblique = ModelParams {
+            extension_level: 2,
+            ..ModelParams::default()
+        };
+        let c = Model::train_for(&rows, &oblique, &spec("checkout", 3)).unwrap();
+        let d = Model::train_for(&rows, &oblique, &spec("checkout", 3)).unwrap();
+        assert_eq!(c.forest_bytes().unwrap(), d.forest_bytes().unwrap());
+    }
+
+    #[test]
+    fn model_seeds_are_stable_and_tell_apis_and_versions_apart() {
+        // Fixed values: a change of the hash would silently change every
+        // replay's scores.
+        assert_eq!(model_seed("checkout", 3), 0x7ca3_aa61_5fea_5a38);
+        assert_ne!(model_seed("a", 1), model_seed("b", 1));
+        assert_ne!(model_seed("a", 1), model_seed("a", 2));
+        // The 0 byte keeps "ab" + version apart from "a" + another layout.
+        assert_ne!(model_seed("ab", 0), model_seed("a", i64::from(b'b')));
     }
 
     #[test]
@@ -1030,6 +1099,7 @@ mod tests {
         let spec = TrainingSpec {
             ignored: young,
             domain: ValueDomain::AnyValue,
+            ..TrainingSpec::default()
         };
         let metric = Model::train_for(&rows, &ModelParams::default(), &spec).unwrap();
         assert!(metric.scaler.margin.is_none());
