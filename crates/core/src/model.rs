@@ -9,6 +9,11 @@
 //! `1 - contamination` quantile of `s` over the training rows (linear
 //! interpolation, like NumPy), so that a `contamination` share of the
 //! training rows score below 0. Below 0 is an anomaly; lower is worse.
+//!
+//! Training is deterministic: the forest draws its random numbers from a
+//! generator seeded with [`TrainingSpec::seed`] ([`model_seed`] of the API
+//! name and model version), so the same rows give the same scores in the
+//! service, in replay and in tests.
 
 use extended_isolation_forest::{Forest, ForestOptions};
 use serde::{Deserialize, Serialize};
@@ -42,6 +47,18 @@ impl Default for ModelParams {
     }
 }
 
+/// The median of each column of `rows` (the upper median for an even
+/// count; `rows` is not empty). Linear time per column.
+fn medians(rows: &[[f64; N_FEATURES]]) -> [f64; N_FEATURES] {
+    let mut column = Vec::with_capacity(rows.len());
+    std::array::from_fn(|i| {
+        column.clear();
+        column.extend(rows.iter().map(|r| r[i]));
+        let mid = column.len() / 2;
+        *column.select_nth_unstable_by(mid, f64::total_cmp).1
+    })
+}
+
 /// Resolution of standardised features, in standard deviations.
 pub const GRID: f64 = 1e-4;
 
@@ -65,6 +82,11 @@ pub struct Scaler {
     /// for models stored before it.
     #[serde(default)]
     pub margin: Option<[f64; N_FEATURES]>,
+    /// Median of each feature over the training rows, in the feature's own
+    /// unit: the healthy baseline that details and severities compare
+    /// with (see [`Model::usual`]). `None` in models stored before it.
+    #[serde(default)]
+    pub median: Option<[f64; N_FEATURES]>,
 }
 
 impl Scaler {
@@ -106,6 +128,7 @@ impl Scaler {
             ignored,
             range: None,
             margin: None,
+            median: None,
         };
         let scaled: Vec<[f64; N_FEATURES]> = rows.iter().map(|r| scaler.apply(r)).collect();
         let mut lo = [f64::INFINITY; N_FEATURES];
@@ -118,6 +141,7 @@ impl Scaler {
         }
         if !rows.is_empty() {
             scaler.range = Some((lo, hi));
+            scaler.median = Some(medians(rows));
         }
         (scaler, scaled)
     }
@@ -181,6 +205,25 @@ pub struct TrainingSpec {
     /// What the values are: response times get a practical margin before a
     /// value counts as beyond the range (see [`practical_units`]).
     pub domain: ValueDomain,
+    /// Seeds the forest's random draws (see [`model_seed`]): the same rows
+    /// and seed give the same trees, hence bit-identical scores.
+    pub seed: u64,
+}
+
+/// The seed of the forest of `api_name`'s model `version`: FNV-1a (64 bit)
+/// of the name, a 0 byte, and the version's little-endian bytes. A stable
+/// hash by definition (std's `DefaultHasher` may change between Rust
+/// releases), so a model trained by the service, by `detector replay` or
+/// by a test from the same rows is the same forest.
+pub fn model_seed(api_name: &str, version: i64) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    api_name
+        .as_bytes()
+        .iter()
+        .chain(&[0u8])
+        .chain(&version.to_le_bytes())
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
 }
 
 /// The practical unit of each feature for response times, in the
@@ -339,8 +382,8 @@ impl Model {
             max_tree_depth: None,
             extension_level: params.extension_level,
         };
-        let forest =
-            Forest::from_slice(&scaled, &options).map_err(|e| ModelError::Params(e.to_string()))?;
+        let forest = Forest::from_slice_seeded(&scaled, &options, spec.seed)
+            .map_err(|e| ModelError::Params(e.to_string()))?;
         let trees = Trees::from_crate(forest, &scaler.ignored)?;
         let mut model = Model {
             params: params.clone(),
@@ -412,21 +455,30 @@ impl Model {
     /// The largest distance of standardised `z` beyond `[lo, hi]` over the
     /// features that count (see [`Model::extrapolation`]).
     fn beyond(&self, z: &[f64; N_FEATURES], lo: &[f64; N_FEATURES], hi: &[f64; N_FEATURES]) -> f64 {
-        let mut d: f64 = 0.0;
-        for i in 0..N_FEATURES {
-            if SEASONAL_FEATURES.contains(&i) || self.scaler.ignored[i] {
-                continue;
-            }
-            let mut e = (z[i] - hi[i]).max(lo[i] - z[i]);
-            if let Some(m) = &self.scaler.margin {
-                if m[i] <= 0.0 || m[i].is_nan() {
-                    continue;
-                }
-                e = (e - PRACTICAL_MARGIN_UNITS * m[i]) / m[i];
-            }
-            d = d.max(e);
+        (0..N_FEATURES)
+            .filter_map(|i| self.excess(i, z, lo, hi))
+            .fold(0.0, f64::max)
+    }
+
+    /// How far feature `i` of standardised `z` lies beyond `[lo, hi]`, as
+    /// [`Model::extrapolation`] counts it; `None` for a feature that does
+    /// not count.
+    fn excess(
+        &self,
+        i: usize,
+        z: &[f64; N_FEATURES],
+        lo: &[f64; N_FEATURES],
+        hi: &[f64; N_FEATURES],
+    ) -> Option<f64> {
+        if SEASONAL_FEATURES.contains(&i) || self.scaler.ignored[i] {
+            return None;
         }
-        d
+        let e = (z[i] - hi[i]).max(lo[i] - z[i]);
+        match &self.scaler.margin {
+            Some(m) if m[i] <= 0.0 || m[i].is_nan() => None,
+            Some(m) => Some((e - PRACTICAL_MARGIN_UNITS * m[i]) / m[i]),
+            None => Some(e),
+        }
     }
 
     /// Scores `x` as the streaming detector does, then remembers it: the
@@ -439,18 +491,121 @@ impl Model {
     /// one per check until the next training, and a lasting shift is
     /// flagged where it starts. Measured on NAB: swept score 49.5 -> 53.7
     /// (docs/nab-evaluation.md).
+    ///
+    /// For response times (models with a practical margin) what the model
+    /// has seen is its training rows and the last [`SEEN_MEMORY`] rows
+    /// scored, and a feature beyond all of that counts by its distance
+    /// from the *training* range, not from what was seen: one earlier
+    /// spike must not blunt a later slowdown. Otherwise a spike to 10x
+    /// made every later level below it "seen", and a sustained 5x slowdown
+    /// only ever moved the rolling features a fraction of a practical unit
+    /// past the last high, never past the margin: it stayed `high`
+    /// (issue 11). Now its first check is critical when the spike is more
+    /// than [`SEEN_MEMORY`] checks old, and the rolling mean's new highs
+    /// make it critical within a few checks when it is not.
     pub fn score_seen(&self, x: &[f64; N_FEATURES], seen: &mut Option<SeenRange>) -> f64 {
         let Some((lo, hi)) = &self.scaler.range else {
             return self.score(x);
         };
-        let range = seen.get_or_insert_with(|| SeenRange { lo: *lo, hi: *hi });
+        let range = seen.get_or_insert_with(|| SeenRange {
+            lo: *lo,
+            hi: *hi,
+            recent: std::collections::VecDeque::new(),
+        });
         let z = self.scaler.apply(x);
+        if self.scaler.margin.is_some() {
+            let (mut rlo, mut rhi) = (*lo, *hi);
+            for r in &range.recent {
+                for i in 0..N_FEATURES {
+                    rlo[i] = rlo[i].min(r[i]);
+                    rhi[i] = rhi[i].max(r[i]);
+                }
+            }
+            let d = (0..N_FEATURES)
+                .filter(|&i| z[i] > rhi[i] || z[i] < rlo[i])
+                .filter_map(|i| self.excess(i, &z, lo, hi))
+                .fold(0.0, f64::max);
+            if range.recent.len() >= SEEN_MEMORY {
+                range.recent.pop_front();
+            }
+            range.recent.push_back(z);
+            return self.offset - extend(self.forest_score(x), d);
+        }
         let d = self.beyond(&z, &range.lo, &range.hi);
         for ((lo, hi), z) in range.lo.iter_mut().zip(&mut range.hi).zip(z) {
             *lo = lo.min(z);
             *hi = hi.max(z);
         }
         self.offset - extend(self.forest_score(x), d)
+    }
+
+    /// The healthy baseline of feature `i`: its training median (the
+    /// training mean for models stored before medians were kept).
+    pub fn usual(&self, i: usize) -> f64 {
+        match &self.scaler.median {
+            Some(m) => m[i],
+            None => self.scaler.mean[i],
+        }
+    }
+
+    /// How far response time `rt` is from the training median, for a
+    /// model of response times (`None` for any other metric: the practical
+    /// floors of [`Thresholds::ceiling`] are in ms).
+    pub fn change(&self, rt: f64) -> Option<Change> {
+        self.scaler.margin.as_ref()?;
+        Some(Change {
+            rt,
+            usual: self.usual(0),
+        })
+    }
+
+    /// The features that make `x` unusual for this model, most unusual
+    /// first (at most `max`): those beyond the training range, by their
+    /// distance past it in training standard deviations; when none is,
+    /// the features furthest from their training median, in the same
+    /// measure. `hour` and `weekday` (cyclic) and ignored features are
+    /// left out.
+    pub fn drivers(&self, x: &[f64; N_FEATURES], max: usize) -> Vec<Driver> {
+        let z = self.scaler.apply(x);
+        let counted = |i: &usize| !SEASONAL_FEATURES.contains(i) && !self.scaler.ignored[*i];
+        let mut out: Vec<Driver> = Vec::new();
+        if let Some((lo, hi)) = &self.scaler.range {
+            for i in (0..N_FEATURES).filter(counted) {
+                let unscale = |v: f64| v * self.scaler.std[i] + self.scaler.mean[i];
+                let place = if z[i] > hi[i] {
+                    Some((Place::Above(unscale(hi[i])), z[i] - hi[i]))
+                } else if z[i] < lo[i] {
+                    Some((Place::Below(unscale(lo[i])), lo[i] - z[i]))
+                } else {
+                    None
+                };
+                if let Some((place, sds)) = place {
+                    out.push(Driver {
+                        feature: i,
+                        value: x[i],
+                        place,
+                        sds,
+                    });
+                }
+            }
+        }
+        if out.is_empty() {
+            for i in (0..N_FEATURES).filter(counted) {
+                let usual = self.usual(i);
+                let sds = (x[i] - usual).abs() / self.scaler.std[i];
+                if sds.is_finite() && sds > 0.0 {
+                    out.push(Driver {
+                        feature: i,
+                        value: x[i],
+                        place: Place::Inside(usual),
+                        sds,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| b.sds.total_cmp(&a.sds));
+        out.truncate(max);
+        out
     }
 
     /// `offset - s(x)`: below 0 is anomalous, lower is worse.
@@ -496,13 +651,48 @@ impl Model {
     }
 }
 
+/// One feature that makes a check unusual (see [`Model::drivers`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Driver {
+    /// Index in [`crate::features::FEATURE_NAMES`].
+    pub feature: usize,
+    /// Its value, in its own unit.
+    pub value: f64,
+    /// Where it lies against the training data.
+    pub place: Place,
+    /// How far: past the training range (`Above`, `Below`) or from the
+    /// training median (`Inside`), in training standard deviations.
+    pub sds: f64,
+}
+
+/// Where a feature lies against the training data, with the training value
+/// it is compared with (in the feature's own unit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Place {
+    /// Above the largest training value.
+    Above(f64),
+    /// Below the smallest training value.
+    Below(f64),
+    /// Inside the training range; the training median.
+    Inside(f64),
+}
+
 /// The standardised range of everything a model has seen (see
 /// [`Model::score_seen`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeenRange {
+    /// Everything seen (metrics other than response times).
     lo: [f64; N_FEATURES],
     hi: [f64; N_FEATURES],
+    /// The last [`SEEN_MEMORY`] rows scored, standardised (response times).
+    recent: std::collections::VecDeque<[f64; N_FEATURES]>,
 }
+
+/// How many of the last scored rows a response-time model remembers as
+/// seen (see [`Model::score_seen`]): 40 checks, 10 minutes at the usual
+/// 15 s interval. A level that lasts stays seen while it lasts; a spike is
+/// forgotten 40 checks later.
+pub const SEEN_MEMORY: usize = 40;
 
 /// `s` moved towards 1 for a point `d` standard deviations beyond the range.
 fn extend(s: f64, d: f64) -> f64 {
@@ -581,11 +771,18 @@ impl std::fmt::Display for Severity {
 }
 
 /// Score thresholds (`SEVERITY_CRITICAL`, `SEVERITY_HIGH`): critical below
-/// `critical`, high below `high`, medium below 0.
+/// `critical`, high below `high`, medium below 0; and for response times
+/// the practical floors of a severity (`SEVERITY_CRITICAL_MIN_MS`,
+/// `SEVERITY_CRITICAL_MIN_PCT`, see [`Thresholds::ceiling`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Thresholds {
     pub critical: f64,
     pub high: f64,
+    /// A response time is critical only this many ms or more away from
+    /// its model's training median...
+    pub critical_min_ms: f64,
+    /// ...and this many percent of the median or more.
+    pub critical_min_pct: f64,
 }
 
 impl Default for Thresholds {
@@ -593,11 +790,82 @@ impl Default for Thresholds {
         Thresholds {
             critical: -0.2,
             high: -0.1,
+            critical_min_ms: 50.0,
+            critical_min_pct: 50.0,
+        }
+    }
+}
+
+/// Below this share of the critical floors (both in ms and in percent), a
+/// change is tiny: at most `medium` (with the defaults: under 10 ms or
+/// under 10%).
+pub const TINY_SHARE: f64 = 0.2;
+
+/// How far a response time is from its model's healthy baseline (see
+/// [`Model::change`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Change {
+    /// The response time (ms).
+    pub rt: f64,
+    /// The training median (ms).
+    pub usual: f64,
+}
+
+impl Change {
+    /// `|rt - usual|` in ms.
+    pub fn abs_ms(&self) -> f64 {
+        (self.rt - self.usual).abs()
+    }
+
+    /// `|rt - usual|` in percent of `usual` (infinite when `usual` is 0
+    /// and `rt` is not).
+    pub fn abs_pct(&self) -> f64 {
+        if self.usual.abs() > f64::EPSILON {
+            self.abs_ms() / self.usual.abs() * 100.0
+        } else if self.abs_ms() > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
         }
     }
 }
 
 impl Thresholds {
+    /// The highest severity a change of response time may have: practical
+    /// significance, not statistical. `critical` needs both
+    /// [`Thresholds::critical_min_ms`] and [`Thresholds::critical_min_pct`]
+    /// away from the training median (defaults: 50 ms and 50%); `high`
+    /// needs [`TINY_SHARE`] of both (10 ms and 10%); anything smaller is
+    /// tiny: `medium` at most. This holds inside the training range too:
+    /// an 813 ms check on an API usually at 804 ms (+9 ms, +1%) may be
+    /// statistically extreme on a very steady API, but it is medium; a
+    /// 22 ms API at 33 ms (+11 ms, +50%) is high at most; at 220 ms it can
+    /// be critical.
+    pub fn ceiling(&self, change: &Change) -> Severity {
+        let (ms, pct) = (change.abs_ms(), change.abs_pct());
+        if ms >= self.critical_min_ms && pct >= self.critical_min_pct {
+            Severity::Critical
+        } else if ms >= TINY_SHARE * self.critical_min_ms
+            && pct >= TINY_SHARE * self.critical_min_pct
+        {
+            Severity::High
+        } else {
+            Severity::Medium
+        }
+    }
+
+    /// The severity of a check: that of its score ([`Thresholds::classify`]),
+    /// capped for a response time by its [`Thresholds::ceiling`] (`change`
+    /// is `None` for failures and for metrics that are not response
+    /// times). An anomalous score stays an anomaly, at least `medium`.
+    pub fn severity(&self, score: f64, change: Option<&Change>) -> Option<Severity> {
+        let s = self.classify(score)?;
+        Some(match change {
+            Some(c) => s.min(self.ceiling(c)),
+            None => s,
+        })
+    }
+
     /// The severity of a score, or `None` when it is not anomalous (>= 0).
     pub fn classify(&self, score: f64) -> Option<Severity> {
         if score < self.critical {
@@ -662,6 +930,51 @@ mod tests {
         assert_eq!(t.classify(-0.01), Some(Severity::Medium));
         assert_eq!(t.classify(0.0), None);
         assert!(Severity::Critical > Severity::High && Severity::High > Severity::Medium);
+    }
+
+    #[test]
+    fn the_same_rows_api_and_version_train_a_bit_identical_model() {
+        let rows = normal_rows(800, 21);
+        let spec = |api: &str, version| TrainingSpec {
+            seed: model_seed(api, version),
+            ..TrainingSpec::default()
+        };
+        let p = ModelParams::default();
+        let a = Model::train_for(&rows, &p, &spec("checkout", 3)).unwrap();
+        let b = Model::train_for(&rows, &p, &spec("checkout", 3)).unwrap();
+        let mut probes = rows.clone();
+        probes.push([130.0, 104.0, 9.0, 4.0, 25.0, 0.3, 1.0, 1.0]);
+        probes.push([1e4; N_FEATURES]);
+        for x in &probes {
+            assert_eq!(a.score(x).to_bits(), b.score(x).to_bits(), "{x:?}");
+        }
+        assert_eq!(a.offset.to_bits(), b.offset.to_bits());
+        assert_eq!(a.forest_bytes().unwrap(), b.forest_bytes().unwrap());
+        // Another API, or the next version, draws other trees.
+        let other = Model::train_for(&rows, &p, &spec("payments", 3)).unwrap();
+        let next = Model::train_for(&rows, &p, &spec("checkout", 4)).unwrap();
+        assert_ne!(a.forest_bytes().unwrap(), other.forest_bytes().unwrap());
+        assert_ne!(a.forest_bytes().unwrap(), next.forest_bytes().unwrap());
+        assert!(probes.iter().any(|x| a.score(x) != other.score(x)));
+        // An oblique forest (the crate's own form) is seeded alike.
+        let oblique = ModelParams {
+            extension_level: 2,
+            ..ModelParams::default()
+        };
+        let c = Model::train_for(&rows, &oblique, &spec("checkout", 3)).unwrap();
+        let d = Model::train_for(&rows, &oblique, &spec("checkout", 3)).unwrap();
+        assert_eq!(c.forest_bytes().unwrap(), d.forest_bytes().unwrap());
+    }
+
+    #[test]
+    fn model_seeds_are_stable_and_tell_apis_and_versions_apart() {
+        // Fixed values: a change of the hash would silently change every
+        // replay's scores.
+        assert_eq!(model_seed("checkout", 3), 0x7ca3_aa61_5fea_5a38);
+        assert_ne!(model_seed("a", 1), model_seed("b", 1));
+        assert_ne!(model_seed("a", 1), model_seed("a", 2));
+        // The 0 byte keeps "ab" + version apart from "a" + another layout.
+        assert_ne!(model_seed("ab", 0), model_seed("a", i64::from(b'b')));
     }
 
     #[test]
@@ -999,6 +1312,96 @@ mod tests {
         assert_eq!(m.score_seen(&ordinary, &mut seen), m.score(&ordinary));
     }
 
+    /// The severity `t` gives response time `rt` after the checks of `state`.
+    fn severity_of(m: &Model, t: &Thresholds, state: &FeatureState, rt: f64) -> Option<Severity> {
+        let x = probe(state, rt);
+        t.severity(m.score(&x), m.change(rt).as_ref())
+    }
+
+    #[test]
+    fn the_severity_ceiling_needs_both_floors_for_critical_and_a_fifth_for_high() {
+        let t = Thresholds::default();
+        let c = |rt, usual| t.ceiling(&Change { rt, usual });
+        assert_eq!(c(813.0, 804.0), Severity::Medium, "+9 ms, +1%");
+        assert_eq!(c(1000.0, 804.0), Severity::High, "+196 ms, +24%");
+        assert_eq!(c(1300.0, 804.0), Severity::Critical, "+496 ms, +62%");
+        assert_eq!(c(31.0, 22.0), Severity::Medium, "+9 ms");
+        assert_eq!(c(33.0, 22.0), Severity::High, "+11 ms, +50%");
+        assert_eq!(c(71.0, 22.0), Severity::High, "+49 ms");
+        assert_eq!(c(72.0, 22.0), Severity::Critical, "+50 ms, +227%");
+        assert_eq!(c(5.0, 804.0), Severity::Critical, "much faster counts too");
+        // A capped score stays an anomaly; a normal one stays normal.
+        let tiny = Change {
+            rt: 813.0,
+            usual: 804.0,
+        };
+        assert_eq!(t.severity(-0.4, Some(&tiny)), Some(Severity::Medium));
+        assert_eq!(t.severity(0.1, Some(&tiny)), None);
+        assert_eq!(t.severity(-0.4, None), Some(Severity::Critical));
+    }
+
+    #[test]
+    fn a_one_percent_change_on_a_very_steady_api_is_an_anomaly_but_only_medium() {
+        // 804 ms +- 0.5 ms: 813 ms is 30 standard deviations off, inside
+        // the practical margin, and the forest alone scored it critical.
+        let (rows, state) = smooth_api(400, 804.0, 0.5);
+        let m = Model::train(&rows, &ModelParams::default()).unwrap();
+        let t = Thresholds::default();
+        assert!((m.usual(0) - 804.0).abs() < 0.5, "{}", m.usual(0));
+        let x = probe(&state, 813.0);
+        assert!(
+            t.classify(m.score(&x)) >= Some(Severity::High),
+            "statistically unusual: {}",
+            m.score(&x)
+        );
+        assert_eq!(severity_of(&m, &t, &state, 813.0), Some(Severity::Medium));
+        // A real deviation is still critical.
+        assert_eq!(
+            severity_of(&m, &t, &state, 4000.0),
+            Some(Severity::Critical)
+        );
+    }
+
+    #[test]
+    fn a_tiny_api_half_again_slower_is_at_most_high_and_ten_times_is_critical() {
+        let (rows, state) = smooth_api(400, 22.0, 1.0);
+        let m = Model::train(&rows, &ModelParams::default()).unwrap();
+        let t = Thresholds::default();
+        for rt in [31.0, 33.0, 35.0] {
+            let s = severity_of(&m, &t, &state, rt);
+            assert!(s <= Some(Severity::High), "{rt} ms: {s:?}");
+        }
+        let s = severity_of(&m, &t, &state, 31.0);
+        assert!(s <= Some(Severity::Medium), "+9 ms is tiny: {s:?}");
+        assert_eq!(severity_of(&m, &t, &state, 220.0), Some(Severity::Critical));
+        // Other metrics have no practical floor in ms.
+        let spec = TrainingSpec {
+            domain: ValueDomain::AnyValue,
+            ..TrainingSpec::default()
+        };
+        let any = Model::train_for(&rows, &ModelParams::default(), &spec).unwrap();
+        assert_eq!(any.change(33.0), None);
+    }
+
+    #[test]
+    fn drivers_name_the_features_outside_the_training_range_in_their_unit() {
+        let (rows, state) = smooth_api(400, 100.0, 10.0);
+        let m = Model::train(&rows, &ModelParams::default()).unwrap();
+        let slow = probe(&state, 1000.0);
+        let d = m.drivers(&slow, 3);
+        assert_eq!(d.len(), 3);
+        assert!(d.windows(2).all(|w| w[0].sds >= w[1].sds), "{d:?}");
+        let rt = d.iter().find(|d| d.feature == 0).expect("rt is a driver");
+        assert_eq!(rt.value, 1000.0);
+        let Place::Above(max) = rt.place else {
+            panic!("{rt:?}")
+        };
+        assert!((109.0..=110.0).contains(&max), "training max {max}");
+        // An ordinary check: the features furthest from the median.
+        let ordinary = m.drivers(&probe(&state, 100.0), 3);
+        assert!(ordinary.iter().all(|d| matches!(d.place, Place::Inside(_))));
+    }
+
     #[test]
     fn response_times_need_a_practical_margin_other_metrics_do_not() {
         // 41 ms +- 0.3 ms. A 3 ms hiccup is ten standard deviations off but
@@ -1030,6 +1433,7 @@ mod tests {
         let spec = TrainingSpec {
             ignored: young,
             domain: ValueDomain::AnyValue,
+            ..TrainingSpec::default()
         };
         let metric = Model::train_for(&rows, &ModelParams::default(), &spec).unwrap();
         assert!(metric.scaler.margin.is_none());

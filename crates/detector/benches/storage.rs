@@ -203,6 +203,7 @@ fn generate(args: &Args) -> (Vec<MetricRow>, Vec<AnomalyRow>, usize) {
         let spec = TrainingSpec {
             ignored: ignored_features(Duration::days(1)),
             domain: ValueDomain::ResponseTime,
+            ..TrainingSpec::default()
         };
         let model =
             Model::train_for(&rows, &ModelParams::default(), &spec).expect("a model trains");

@@ -126,7 +126,8 @@ pub fn model_params(env: &Env) -> Result<ModelParams, ConfigError> {
     })
 }
 
-/// `SEVERITY_CRITICAL` < `SEVERITY_HIGH` < 0.
+/// `SEVERITY_CRITICAL` < `SEVERITY_HIGH` < 0, and the practical floors
+/// `SEVERITY_CRITICAL_MIN_MS` and `SEVERITY_CRITICAL_MIN_PCT` (0 or more).
 pub fn thresholds(env: &Env) -> Result<Thresholds, ConfigError> {
     let d = Thresholds::default();
     let critical: f64 = env.parse_or(
@@ -141,7 +142,22 @@ pub fn thresholds(env: &Env) -> Result<Thresholds, ConfigError> {
             format!("expected SEVERITY_CRITICAL < SEVERITY_HIGH < 0, got {critical} and {high}"),
         ));
     }
-    Ok(Thresholds { critical, high })
+    let floor = |key: &str, default: f64| -> Result<f64, ConfigError> {
+        let v: f64 = env.parse_or(key, default, "a number of 0 or more")?;
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(ConfigError::new(
+                key,
+                format!("expected a number of 0 or more, got `{v}`"),
+            ));
+        }
+        Ok(v)
+    };
+    Ok(Thresholds {
+        critical,
+        high,
+        critical_min_ms: floor("SEVERITY_CRITICAL_MIN_MS", d.critical_min_ms)?,
+        critical_min_pct: floor("SEVERITY_CRITICAL_MIN_PCT", d.critical_min_pct)?,
+    })
 }
 
 /// `TRAINING_WINDOW`, `MIN_TRAINING_SAMPLES`, `MODEL_RETRAIN_INTERVAL`.
@@ -182,8 +198,25 @@ mod tests {
             thresholds(&env).unwrap(),
             Thresholds {
                 critical: -0.4,
-                high: -0.3
+                high: -0.3,
+                ..Thresholds::default()
             }
         );
+        let env = Env::from_pairs([("SEVERITY_CRITICAL_MIN_MS", "-1")]);
+        assert_eq!(
+            thresholds(&env).unwrap_err().key,
+            "SEVERITY_CRITICAL_MIN_MS"
+        );
+        let env = Env::from_pairs([("SEVERITY_CRITICAL_MIN_PCT", "lots")]);
+        assert_eq!(
+            thresholds(&env).unwrap_err().key,
+            "SEVERITY_CRITICAL_MIN_PCT"
+        );
+        let env = Env::from_pairs([
+            ("SEVERITY_CRITICAL_MIN_MS", "200"),
+            ("SEVERITY_CRITICAL_MIN_PCT", "0"),
+        ]);
+        let t = thresholds(&env).unwrap();
+        assert_eq!((t.critical_min_ms, t.critical_min_pct), (200.0, 0.0));
     }
 }

@@ -238,7 +238,11 @@ async fn replay_api(
     if points.is_empty() {
         anyhow::bail!("no rows of `{api}` between {from} and {to}");
     }
-    let scored = replay::replay(&points, opts);
+    let opts = ReplayOptions {
+        api_name: api.to_string(),
+        ..opts.clone()
+    };
+    let scored = replay::replay(&points, &opts);
     replay::write_csv(std::io::stdout().lock(), &scored).context("writing CSV to stdout")?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use apimon_core::db;
 use apimon_core::features::ValueDomain;
 use apimon_core::features::{compute_series, N_FEATURES};
-use apimon_core::model::{ignored_features, Model, TrainingSpec};
+use apimon_core::model::{ignored_features, model_seed, Model, TrainingSpec};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
@@ -106,9 +106,13 @@ impl Trainer {
             return Ok(());
         }
         let span = first_last.map_or(chrono::Duration::zero(), |(a, b)| b - a);
+        // Seeded from the API and the version this model will get: the
+        // same rows give the same forest here and in `detector replay`.
+        let expected_version = db::models::next_version(&self.pool, api).await?;
         let spec = TrainingSpec {
             ignored: ignored_features(span),
             domain: ValueDomain::ResponseTime,
+            seed: model_seed(api, expected_version),
         };
         let params = self.cfg.params.clone();
         let started = std::time::Instant::now();
@@ -139,6 +143,15 @@ impl Trainer {
                 0
             }
         };
+        if version != expected_version {
+            // Another writer saved a model in between: this one is still
+            // valid, only seeded with another version's number.
+            tracing::warn!(
+                version,
+                expected_version,
+                "model saved under another version than it was seeded with"
+            );
+        }
         tracing::info!(
             samples = model.sample_count,
             version,

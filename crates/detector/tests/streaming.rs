@@ -99,6 +99,56 @@ async fn a_slow_check_and_a_down_api_become_critical_anomalies_within_seconds() 
 }
 
 #[tokio::test]
+async fn the_service_trains_the_same_forest_as_a_seeded_training_of_the_same_rows() {
+    use apimon_core::features::{compute_series, ValueDomain};
+    use apimon_core::model::{ignored_features, model_seed, Model, TrainingSpec};
+    let d = database().await;
+    register(&d.pool, &["checkout"]).await;
+    let hist = history("checkout", 300, 7);
+    db::metrics::insert_batch(&d.pool, &hist).await.unwrap();
+    let cfg = config(&d.url, &[]);
+    let params = cfg.params.clone();
+    let run = start(cfg, &d.url);
+    wait_for("a first model", || async {
+        scalar(&d.pool, "SELECT count(*) FROM models").await == 1
+    })
+    .await;
+    run.stop().await;
+    let stored = db::models::load(&d.pool, &["checkout".to_string()])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.version, 1);
+
+    // The same rows, trained here with the seed of (API, version 1).
+    let rows: Vec<[f64; 8]> = compute_series(
+        hist.iter()
+            .map(|r| (r.timestamp, r.response_time_ms, r.success)),
+    )
+    .iter()
+    .filter_map(|o| o.features().map(|f| f.to_array()))
+    .collect();
+    let span = hist.last().unwrap().timestamp - hist[0].timestamp;
+    let spec = TrainingSpec {
+        ignored: ignored_features(span),
+        domain: ValueDomain::ResponseTime,
+        seed: model_seed("checkout", 1),
+    };
+    let here = Model::train_for(&rows, &params, &spec).unwrap();
+    assert_eq!(stored.model.sample_count, here.sample_count);
+    assert_eq!(
+        stored.model.forest_bytes().unwrap(),
+        here.forest_bytes().unwrap()
+    );
+    assert_eq!(stored.model.offset.to_bits(), here.offset.to_bits());
+    for r in &rows {
+        assert_eq!(stored.model.score(r).to_bits(), here.score(r).to_bits());
+    }
+}
+
+#[tokio::test]
 async fn a_restart_resumes_from_the_watermark_with_the_stored_model() {
     let d = database().await;
     register(&d.pool, &["api"]).await;

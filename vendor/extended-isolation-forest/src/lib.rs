@@ -52,10 +52,10 @@ use std::result::Result;
 use num_traits::{Float, FloatConst};
 use rand::{
     distributions::uniform::SampleUniform,
-    rngs::ThreadRng,
     seq::{IteratorRandom, SliceRandom},
-    Rng,
+    Rng, SeedableRng,
 };
+use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 #[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};
@@ -119,6 +119,29 @@ where
 {
     /// Build a new forest from the given training data
     pub fn from_slice(training_data: &[[T; N]], options: &ForestOptions) -> Result<Self, Error> {
+        Self::from_slice_with_rng(training_data, options, &mut rand::thread_rng())
+    }
+
+    /// Patched (see PATCHES.md): [`Forest::from_slice`] drawing from a
+    /// ChaCha8 generator seeded with `seed`: the same data, options and
+    /// seed give the same forest, on every platform (rand_chacha's streams
+    /// are value-stable).
+    pub fn from_slice_seeded(
+        training_data: &[[T; N]],
+        options: &ForestOptions,
+        seed: u64,
+    ) -> Result<Self, Error> {
+        Self::from_slice_with_rng(training_data, options, &mut ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    /// Patched (see PATCHES.md): [`Forest::from_slice`] drawing every
+    /// random number (the trees' subsamples, cut dimensions, normals and
+    /// split points) from `rng`, in a fixed order.
+    pub fn from_slice_with_rng<R: Rng + ?Sized>(
+        training_data: &[[T; N]],
+        options: &ForestOptions,
+        rng: &mut R,
+    ) -> Result<Self, Error> {
         if training_data.len() < options.sample_size || N == 0 {
             return Err(Error::InsufficientTrainingData);
         } else if options.extension_level > (N - 1) {
@@ -132,7 +155,6 @@ where
         };
 
         // build the trees
-        let rng = &mut rand::thread_rng();
         let trees = (0..options.n_trees)
             .map(|_| {
                 let mut tree_sample: Vec<_> = training_data
@@ -220,9 +242,9 @@ where
     T: ForestFloat<'de> + SampleUniform + Default,
     StandardNormal: Distribution<T>,
 {
-    pub fn new(
+    pub fn new<R: Rng + ?Sized>(
         samples: &mut [&[T; N]],
-        rng: &mut ThreadRng,
+        rng: &mut R,
         max_tree_depth: usize,
         extension_level: usize,
     ) -> Self {
@@ -261,9 +283,9 @@ where
     }
 }
 
-fn make_node<'de, T, const N: usize>(
+fn make_node<'de, T, R: Rng + ?Sized, const N: usize>(
     samples: &mut [&[T; N]],
-    rng: &mut ThreadRng,
+    rng: &mut R,
     current_tree_depth: usize,
     max_tree_depth: usize,
     extension_level: usize,

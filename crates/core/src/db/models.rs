@@ -74,6 +74,17 @@ pub async fn save(
     Ok(version)
 }
 
+/// The version [`save`] will give `api_name`'s next model (1 for its
+/// first), so that the model can be seeded with it before it is trained
+/// (see `model::model_seed`).
+pub async fn next_version(pool: &PgPool, api_name: &str) -> Result<i64, sqlx::Error> {
+    let current: Option<i64> = sqlx::query_scalar("SELECT version FROM models WHERE api_name = $1")
+        .bind(api_name)
+        .fetch_optional(pool)
+        .await?;
+    Ok(current.map_or(1, |v| v + 1))
+}
+
 /// Why a model could not be saved.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelSaveError {
