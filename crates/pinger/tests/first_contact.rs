@@ -9,6 +9,7 @@ mod helpers;
 use std::path::Path;
 use std::time::Duration;
 
+use apimon_testkit::first_contact::assert_every_family_has_help;
 use apimon_testkit::procs::{run_to_exit, tail, Exit, Service};
 use apimon_testkit::PasswordCluster;
 use helpers::Harness;
@@ -204,20 +205,4 @@ async fn sigterm_is_logged_once_and_metrics_have_help_and_zero_counters_from_sta
     assert!(status.is_some_and(|s| s.success()), "{}", pinger.log());
     let log = pinger.log();
     assert_eq!(log.matches("received SIGTERM").count(), 1, "{log}");
-}
-
-/// Every `# TYPE` of a Prometheus text has its `# HELP`.
-fn assert_every_family_has_help(text: &str) {
-    let types: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert!(!types.is_empty(), "{text}");
-    for name in types {
-        assert!(
-            text.contains(&format!("# HELP {name} ")),
-            "no HELP for {name}:\n{text}"
-        );
-    }
 }

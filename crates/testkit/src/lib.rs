@@ -7,6 +7,7 @@
 //! dedicated cluster, for tests that stop and restart the database.
 //! [`procs`] runs the workspace's binaries as separate processes.
 
+pub mod first_contact;
 pub mod http;
 mod pg;
 pub mod procfs;
