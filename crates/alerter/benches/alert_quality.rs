@@ -630,18 +630,7 @@ fn run_jobs(
 fn trace(name: &str, points: &[Point], p: &IncidentPolicy) {
     const AROUND: usize = 240;
     const EVERY: usize = 20;
-    let feed = |tr: &mut Tracker, x: &Point| {
-        tr.observe(
-            p,
-            &Check {
-                timestamp: x.timestamp,
-                response_time_ms: x.value,
-                success: x.success,
-                severity: None,
-                error: (!x.success).then_some("http: 503"),
-            },
-        )
-    };
+    let feed = |tr: &mut Tracker, x: &Point| tr.observe(p, &check_of(x));
     let mut near = vec![false; points.len()];
     let mut tr = Tracker::default();
     for (i, x) in points.iter().enumerate() {
@@ -1231,6 +1220,17 @@ fn main() {
     }
 }
 
+/// A generated check as the incident rules see it.
+fn check_of(x: &Point) -> Check<'static> {
+    Check {
+        timestamp: x.timestamp,
+        response_time_ms: x.value,
+        success: x.success,
+        severity: None,
+        error: (!x.success).then_some("http: 503"),
+    }
+}
+
 /// Nanoseconds per check of `Tracker::observe` over `points` (best of
 /// three passes), and the size of the saved state at the end.
 fn rules_cost(points: &[Point], p: &IncidentPolicy) -> (f64, usize) {
@@ -1240,17 +1240,7 @@ fn rules_cost(points: &[Point], p: &IncidentPolicy) -> (f64, usize) {
         let mut tr = Tracker::default();
         let started = Instant::now();
         for x in points {
-            let out = tr.observe(
-                p,
-                &Check {
-                    timestamp: x.timestamp,
-                    response_time_ms: x.value,
-                    success: x.success,
-                    severity: None,
-                    error: (!x.success).then_some("http: 503"),
-                },
-            );
-            std::hint::black_box(out);
+            std::hint::black_box(tr.observe(p, &check_of(x)));
         }
         let ns = started.elapsed().as_nanos() as f64 / points.len().max(1) as f64;
         best = best.min(ns);
