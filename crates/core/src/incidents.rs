@@ -32,7 +32,7 @@
 //!   divided by the shift, so the baseline follows the daily cycle through a
 //!   long incident without absorbing it.
 //! - It recovers when the median of the last `ALERT_SLOW_RESOLVE_WINDOW`
-//!   checks (more on a noisy API, up to `ALERT_SLOW_WINDOW`) is back under
+//!   checks (more on a noisy API, up to 2 × `ALERT_SLOW_WINDOW`) is back under
 //!   √`ALERT_SLOW_RATIO` × the baseline.
 //! - A recovered incident is held for `ALERT_FLAP_WINDOW` (in data time):
 //!   if its rule fires again meanwhile it re-opens as the same incident
@@ -222,10 +222,16 @@ impl IncidentPolicy {
 
     /// Checks kept in the rolling window: the longest rule's.
     fn window_len(&self) -> usize {
-        self.slow_window
-            .max(self.slow_fast_window)
-            .max(self.slow_resolve_window)
-            .max(self.down_window) as usize
+        self.longest_resolve_window()
+            .max(self.slow_window as usize)
+            .max(self.slow_fast_window as usize)
+            .max(self.down_window as usize)
+    }
+
+    /// The most checks a slow recovery is judged on, for the noisiest
+    /// APIs: two lasting windows.
+    fn longest_resolve_window(&self) -> usize {
+        (2 * self.slow_window as usize).max(self.slow_resolve_window as usize)
     }
 }
 
@@ -292,7 +298,7 @@ impl Baseline {
 pub const SHIFT_WINDOWS: u32 = 2;
 /// Standard errors of a median between the shift and the recovery
 /// threshold: an API too noisy for the resolve window is judged on more
-/// checks, up to `ALERT_SLOW_WINDOW`.
+/// checks, up to 2 × `ALERT_SLOW_WINDOW`.
 const RECOVERY_Z: f64 = 4.0;
 
 /// A running mean of log(check / baseline) over a slow incident's checks.
@@ -843,12 +849,12 @@ impl Tracker {
     }
 
     /// Checks whose median decides a slow recovery: `ALERT_SLOW_RESOLVE_WINDOW`,
-    /// or more, up to `ALERT_SLOW_WINDOW`, when the API's noise could bring
+    /// or more, up to 2 × `ALERT_SLOW_WINDOW`, when the API's noise could bring
     /// a median of that many checks from the incident's level down under
     /// the recovery threshold.
     fn resolve_window(&self, p: &IncidentPolicy) -> usize {
         let base = p.slow_resolve_window as usize;
-        let longest = (p.slow_window as usize).max(base);
+        let longest = p.longest_resolve_window();
         // The incident's level against the baseline: measured, or while
         // being measured, the meter's or the opening window's.
         let Some(level) = self.slow_level(p) else {
