@@ -3,9 +3,11 @@
 //! format, from the `metrics` facade).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -21,8 +23,12 @@ pub struct Health {
     /// Why the service cannot do its work now (`None`: the last database
     /// operation succeeded). Starts as "connecting to the database".
     problem: Mutex<Option<String>>,
-    /// Unix milliseconds of the loop's last heartbeat.
-    beat: AtomicI64,
+    /// When this `Health` was made: heartbeats count from it on the
+    /// monotonic clock, which a wall-clock step (NTP, a VM resumed) cannot
+    /// move.
+    origin: Instant,
+    /// Milliseconds after `origin` of the loop's last heartbeat.
+    beat: AtomicU64,
     /// A loop silent for longer than this is dead.
     stale_after: Duration,
 }
@@ -31,14 +37,15 @@ impl Health {
     pub fn new(stale_after: Duration) -> Arc<Health> {
         Arc::new(Health {
             problem: Mutex::new(Some("connecting to the database".into())),
-            beat: AtomicI64::new(now_ms()),
+            origin: Instant::now(),
+            beat: AtomicU64::new(0),
             stale_after,
         })
     }
 
     /// The loop is alive.
     pub fn beat(&self) {
-        self.beat.store(now_ms(), Ordering::Relaxed);
+        self.beat.store(self.elapsed_ms(), Ordering::Relaxed);
     }
 
     /// The last database operation succeeded (`true`) or failed.
@@ -71,16 +78,21 @@ impl Health {
         {
             return Err(why);
         }
-        let silent = now_ms().saturating_sub(self.beat.load(Ordering::Relaxed));
-        if silent > self.stale_after.as_millis() as i64 {
+        let silent = self
+            .elapsed_ms()
+            .saturating_sub(self.beat.load(Ordering::Relaxed));
+        if u128::from(silent) > self.stale_after.as_millis() {
             return Err(format!("loop silent for {} ms", silent));
         }
         Ok(())
     }
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+impl Health {
+    /// Milliseconds since `origin`, on the monotonic clock.
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// Where a service listens: `{SERVICE}_HTTP_PORT` (and `HTTP_BIND`, default
@@ -210,6 +222,22 @@ mod tests {
         h.beat();
         h.set_db(false);
         assert!(h.check().is_err());
+    }
+
+    /// The heartbeat is on the monotonic clock: tokio's paused clock moves
+    /// it, the wall clock (which an NTP step can move either way) does not
+    /// enter into it.
+    #[tokio::test(start_paused = true)]
+    async fn the_heartbeat_counts_on_the_monotonic_clock() {
+        let h = Health::new(Duration::from_secs(30));
+        h.set_db(true);
+        h.beat();
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(h.check().is_ok());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(h.check().unwrap_err().contains("silent for 31000 ms"));
+        h.beat();
+        assert!(h.check().is_ok());
     }
 
     #[test]
