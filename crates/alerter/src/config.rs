@@ -11,6 +11,10 @@ use apimon_core::maintenance::MaintenanceWindow;
 use apimon_core::{ConfigError, DbConfig, Env};
 use secrecy::SecretString;
 
+/// Connections the alerter holds at once: see [`DbConfig::require_pool`].
+pub const POOL_NEEDED: u32 = 4;
+const POOL_HOLDS: &str = "its listener, a pass's transaction, delivery and the retention task";
+
 /// How the SMTP connection is secured (`SMTP_TLS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmtpTls {
@@ -219,7 +223,10 @@ impl AlerterConfig {
         };
         let report_interval = secs(env, "ALERT_CHECK_INTERVAL", 300)?;
         Ok(AlerterConfig {
-            db: DbConfig::from_env(env)?,
+            db: DbConfig::from_env(env).and_then(|db| {
+                db.require_pool(POOL_NEEDED, POOL_HOLDS)?;
+                Ok(db)
+            })?,
             channels: channels(env)?,
             incidents: IncidentPolicy::from_env(env)?,
             group_wait: env.duration_or("ALERT_GROUP_WAIT", Duration::from_secs(30))?,
@@ -369,6 +376,17 @@ fn channels(env: &Env) -> Result<Channels, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pool_smaller_than_what_the_alerter_holds_at_once_is_refused() {
+        let small = (POOL_NEEDED - 1).to_string();
+        let e = AlerterConfig::from_env(&Env::from_pairs([("DB_POOL_SIZE", small.as_str())]))
+            .unwrap_err();
+        assert_eq!(e.key, "DB_POOL_SIZE");
+        assert!(e.message.contains("delivery"), "{e}");
+        let enough = POOL_NEEDED.to_string();
+        assert!(AlerterConfig::from_env(&Env::from_pairs([("DB_POOL_SIZE", enough)])).is_ok());
+    }
 
     #[test]
     fn defaults_fit_gmail_and_secrets_stay_hidden() {

@@ -301,6 +301,23 @@ impl DbConfig {
         })
     }
 
+    /// Fails unless `DB_POOL_SIZE` lets a service hold the `needed`
+    /// connections it uses at once; `holds` names them, for the message.
+    /// A smaller pool would not fail at start but deadlock or time out
+    /// later, under load.
+    pub fn require_pool(&self, needed: u32, holds: &str) -> Result<(), ConfigError> {
+        if self.max_connections >= needed {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            "DB_POOL_SIZE",
+            format!(
+                "expected at least {needed} ({holds} at once), got {}",
+                self.max_connections
+            ),
+        ))
+    }
+
     /// Settings from a URL (tests).
     pub fn from_url(url: &str) -> Result<DbConfig, ConfigError> {
         DbConfig::from_env(&Env::from_pairs([("DATABASE_URL", url)]))

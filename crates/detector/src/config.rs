@@ -7,6 +7,10 @@ use apimon_core::model::{ModelParams, Thresholds};
 use apimon_core::shard::Shard;
 use apimon_core::{ConfigError, DbConfig, Env};
 
+/// Connections the detector holds at once: see [`DbConfig::require_pool`].
+pub const POOL_NEEDED: u32 = 4;
+const POOL_HOLDS: &str = "its listener, a pass's transaction, the trainer and the retention task";
+
 /// When models are (re)trained: the same rules in streaming (wall time) and
 /// in replay (data time).
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +84,10 @@ pub struct DetectorConfig {
 impl DetectorConfig {
     pub fn from_env(env: &Env) -> Result<DetectorConfig, ConfigError> {
         Ok(DetectorConfig {
-            db: DbConfig::from_env(env)?,
+            db: DbConfig::from_env(env).and_then(|db| {
+                db.require_pool(POOL_NEEDED, POOL_HOLDS)?;
+                Ok(db)
+            })?,
             shard: Shard::from_env(env, "DETECTOR_SHARD")?,
             params: model_params(env)?,
             thresholds: thresholds(env)?,
@@ -185,6 +192,17 @@ mod tests {
         assert!(p.due(Some(t), t + CDuration::minutes(60), 1000));
         // A clock that went back never triggers.
         assert!(!p.due(Some(t), t - CDuration::minutes(90), 1000));
+    }
+
+    #[test]
+    fn a_pool_smaller_than_what_the_detector_holds_at_once_is_refused() {
+        let small = (POOL_NEEDED - 1).to_string();
+        let e = DetectorConfig::from_env(&Env::from_pairs([("DB_POOL_SIZE", small.as_str())]))
+            .unwrap_err();
+        assert_eq!(e.key, "DB_POOL_SIZE");
+        assert!(e.message.contains("its listener"), "{e}");
+        let enough = POOL_NEEDED.to_string();
+        assert!(DetectorConfig::from_env(&Env::from_pairs([("DB_POOL_SIZE", enough)])).is_ok());
     }
 
     #[test]

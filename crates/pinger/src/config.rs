@@ -7,6 +7,10 @@ use apimon_core::apis::{self, Endpoint};
 use apimon_core::shard::Shard;
 use apimon_core::{ConfigError, DbConfig, Env};
 
+/// Connections the pinger holds at once: see [`DbConfig::require_pool`].
+pub const POOL_NEEDED: u32 = 2;
+const POOL_HOLDS: &str = "the writer's flush and the retention task";
+
 /// Everything the pinger needs, validated.
 #[derive(Debug, Clone)]
 pub struct PingerConfig {
@@ -43,6 +47,7 @@ pub struct PingerConfig {
 impl PingerConfig {
     pub fn from_env(env: &Env) -> Result<PingerConfig, ConfigError> {
         let db = DbConfig::from_env(env)?;
+        db.require_pool(POOL_NEEDED, POOL_HOLDS)?;
         let apis_file = PathBuf::from(env.get("APIS_FILE").unwrap_or("./apis.toml"));
         let endpoints = apis::load_file(&apis_file, env)?;
         let shard = Shard::from_env(env, "PINGER_SHARD")?;
@@ -98,5 +103,18 @@ impl PingerConfig {
             .filter(|e| self.shard.owns(&e.name))
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_smaller_than_what_the_pinger_holds_at_once_is_refused() {
+        let small = (POOL_NEEDED - 1).to_string();
+        let e = PingerConfig::from_env(&Env::from_pairs([("DB_POOL_SIZE", small)])).unwrap_err();
+        assert_eq!(e.key, "DB_POOL_SIZE");
+        assert!(e.message.contains("retention"), "{e}");
     }
 }
