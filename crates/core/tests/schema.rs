@@ -45,6 +45,56 @@ async fn migrations_run_twice_are_a_no_op() {
     assert!(before >= 1);
 }
 
+/// Migration 0004's comment was corrected after release: a database that
+/// applied the old text starts as before, and any other checksum change is
+/// still refused.
+#[tokio::test]
+async fn a_database_that_applied_a_reworded_migration_accepts_its_new_text() {
+    let pool = migrated_pool().await;
+    let set = |hex: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "UPDATE _sqlx_migrations SET checksum = decode($1, 'hex') \
+                 WHERE version = 20261125000004",
+            )
+            .bind(hex)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    let checksum = || async {
+        sqlx::query_scalar::<_, Vec<u8>>(
+            "SELECT checksum FROM _sqlx_migrations WHERE version = 20261125000004",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let current = checksum().await;
+    let (_, old) = db::REWORDED[0];
+    assert_ne!(
+        current,
+        decode_hex(old),
+        "the old text's checksum is not the new one's"
+    );
+    set(old).await;
+    db::migrate(&pool).await.expect("the old text is accepted");
+    assert_eq!(checksum().await, current, "and the record is updated");
+
+    set("00").await;
+    let e = db::migrate(&pool).await.unwrap_err();
+    assert!(e.is_migration_failure(), "{e:?}");
+}
+
+fn decode_hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn concurrent_migrations_do_not_conflict() {
     let test_db = apimon_testkit::fresh_database().await;

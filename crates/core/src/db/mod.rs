@@ -216,12 +216,56 @@ pub async fn connect_and_migrate(
     }
 }
 
+/// Migrations whose text was changed after release without changing what
+/// they do (comments only): their version and the SHA-384 of the old text.
+/// sqlx refuses to run when an applied migration's checksum differs.
+pub const REWORDED: &[(i64, &str)] = &[(
+    20261125000004,
+    "95792b7bf799c9f075358e0b87aae388fcaace4b4a30dc73ae95737c3244a6b1\
+     2fc534f5ab1674d0694f5bc77e04a850",
+)];
+
+/// Lets a database that applied the old text of a [`REWORDED`] migration
+/// accept the new one: its recorded checksum is replaced, only when it is
+/// exactly the old text's. Any other difference still fails the migration.
+async fn accept_reworded(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(());
+    }
+    for (version, old) in REWORDED {
+        let Some(current) = MIGRATOR.iter().find(|m| m.version == *version) else {
+            continue;
+        };
+        let done = sqlx::query(
+            "UPDATE _sqlx_migrations SET checksum = $2 \
+             WHERE version = $1 AND checksum = decode($3, 'hex')",
+        )
+        .bind(version)
+        .bind(current.checksum.as_ref())
+        .bind(old)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if done > 0 {
+            tracing::info!(
+                version,
+                "accepted the reworded text of an applied migration"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Applies the migrations (a no-op when they are applied already; sqlx holds
 /// an advisory lock, so several binaries may start at once), then reports
 /// which backend the schema runs on, logging it, and warning with the fix
 /// when TimescaleDB is installed but could not be created.
 #[tracing::instrument(skip_all)]
 pub async fn migrate(pool: &PgPool) -> Result<Backend, DbError> {
+    accept_reworded(pool).await?;
     MIGRATOR.run(pool).await?;
     let backend = backend(pool).await?;
     match &backend {
