@@ -45,6 +45,14 @@ pub struct RunOutcome {
     pub lost: usize,
 }
 
+impl RunOutcome {
+    /// Check results that never reached the database: dropped from a full
+    /// buffer, or still unwritten at exit.
+    pub fn rows_lost(&self) -> u64 {
+        self.dropped + self.lost as u64
+    }
+}
+
 /// Delay of an endpoint's first check after start: spread over one interval
 /// by a hash of its name, so that many endpoints don't all fire at once and
 /// a restart keeps each one's phase.
@@ -55,8 +63,8 @@ pub fn first_check_offset(name: &str, interval: Duration) -> Duration {
 
 /// Runs until `shutdown` completes, or until every endpoint has been checked
 /// `max_rounds` times when that is set. Then it stops scheduling, waits for
-/// requests in flight and the last flush (each up to the grace period), and
-/// returns.
+/// requests in flight and the last flush, both within one grace period
+/// ([`ShutdownBudget`]), and returns.
 pub async fn run(
     cfg: PingerConfig,
     pool: PgPool,
@@ -100,8 +108,8 @@ pub async fn run_with_health(
         endpoints: cfg.endpoints.clone(),
         health,
     };
-    let (writer_stop_tx, writer_stop_rx) = watch::channel(false);
-    let writer_task = tokio::spawn(writer.run(writer_stop_rx, cfg.shutdown_grace));
+    let (writer_stop_tx, writer_stop_rx) = watch::channel(None);
+    let writer_task = tokio::spawn(writer.run(writer_stop_rx));
     let summary_task = tokio::spawn(summary_loop(
         stats.clone(),
         buffer.clone(),
@@ -129,24 +137,30 @@ pub async fn run_with_health(
         _ = shutdown => false,
         _ = all_done => true,
     };
+    // One budget from here to exit: checks in flight may use it but for
+    // the share kept for the last flush.
+    let budget = ShutdownBudget::start(cfg.shutdown_grace);
     if !finished {
-        tracing::info!("shutting down: no new checks; waiting for those in flight");
+        tracing::info!(
+            grace_secs = cfg.shutdown_grace.as_secs_f64(),
+            "shutting down: no new checks; waiting for those in flight"
+        );
     }
     let _ = stop_tx.send(true);
     let in_flight = async { while loops.join_next().await.is_some() {} };
-    if tokio::time::timeout(cfg.shutdown_grace, in_flight)
+    if tokio::time::timeout_at(budget.checks_until(), in_flight)
         .await
         .is_err()
     {
         tracing::warn!(
             abandoned = loops.len(),
-            grace_secs = cfg.shutdown_grace.as_secs_f64(),
-            "checks still in flight after the grace period; abandoning them"
+            waited_secs = budget.elapsed().as_secs_f64(),
+            "checks still in flight; abandoning them to keep time for the last flush"
         );
         loops.abort_all();
     }
     let _ = summary_task.await;
-    let _ = writer_stop_tx.send(true);
+    let _ = writer_stop_tx.send(Some(budget.flush_until()));
     let lost = writer_task.await?;
     let outcome = RunOutcome {
         checks: stats.checks(),
@@ -157,6 +171,43 @@ pub async fn run_with_health(
     };
     tracing::info!(?outcome, "pinger stopped");
     Ok(outcome)
+}
+
+/// The time from shutdown to exit (`SHUTDOWN_GRACE`), spent once: checks
+/// in flight get it but for a reserve, then the last flush gets what is
+/// left. Docker's `stop_grace_period` must exceed it.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownBudget {
+    began: Instant,
+    grace: Duration,
+}
+
+impl ShutdownBudget {
+    /// The part of the grace kept for the last flush: a quarter, at most 2 s.
+    pub fn flush_reserve(grace: Duration) -> Duration {
+        (grace / 4).min(Duration::from_secs(2))
+    }
+
+    pub fn start(grace: Duration) -> ShutdownBudget {
+        ShutdownBudget {
+            began: Instant::now(),
+            grace,
+        }
+    }
+
+    /// Checks still running at this instant are abandoned.
+    pub fn checks_until(&self) -> Instant {
+        self.flush_until() - Self::flush_reserve(self.grace)
+    }
+
+    /// The last flush gives up at this instant; the budget ends.
+    pub fn flush_until(&self) -> Instant {
+        self.began + self.grace
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.began.elapsed()
+    }
 }
 
 async fn endpoint_loop(
@@ -237,6 +288,16 @@ async fn summary_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shutdown_budget_is_spent_once_checks_first_then_the_flush() {
+        let b = ShutdownBudget::start(Duration::from_secs(10));
+        assert_eq!(b.flush_until() - b.began, Duration::from_secs(10));
+        assert_eq!(b.checks_until() - b.began, Duration::from_secs(8));
+        let b = ShutdownBudget::start(Duration::from_millis(400));
+        assert_eq!(b.checks_until() - b.began, Duration::from_millis(300));
+        assert_eq!(b.flush_until() - b.began, Duration::from_millis(400));
+    }
 
     #[test]
     fn first_checks_spread_within_one_interval_and_are_stable() {

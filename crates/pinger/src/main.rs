@@ -8,6 +8,7 @@ use apimon_core::config::CONFIG_EXIT_CODE;
 use apimon_core::{db, shutdown, telemetry, Env};
 use clap::Parser;
 use pinger::config::PingerConfig;
+use pinger::RunOutcome;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,7 +54,16 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(serve(cfg, cli.rounds)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(outcome) if outcome.rows_lost() > 0 => {
+            eprintln!(
+                "pinger: {} rows lost ({} dropped from a full buffer, {} not written at exit)",
+                outcome.rows_lost(),
+                outcome.dropped,
+                outcome.lost
+            );
+            ExitCode::from(ROWS_LOST_EXIT_CODE)
+        }
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<apimon_core::ConfigError>().is_some() => {
             eprintln!("pinger: configuration error: {e}");
             ExitCode::from(CONFIG_EXIT_CODE as u8)
@@ -65,7 +75,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(cfg: PingerConfig, rounds: Option<u64>) -> anyhow::Result<()> {
+/// Exit status when some check results never reached the database.
+const ROWS_LOST_EXIT_CODE: u8 = 3;
+
+async fn serve(cfg: PingerConfig, rounds: Option<u64>) -> anyhow::Result<RunOutcome> {
     tracing::info!(
         database = cfg.db.target(),
         "connecting (the pinger keeps checking while the database is down)"
@@ -80,6 +93,5 @@ async fn serve(cfg: PingerConfig, rounds: Option<u64>) -> anyhow::Result<()> {
     pinger::catalog::register(&cfg.owned_endpoints());
     pinger::run_with_health(cfg, pool, rounds, health, shutdown::signal())
         .await
-        .context("running the pinger")?;
-    Ok(())
+        .context("running the pinger")
 }

@@ -44,9 +44,9 @@ struct State {
 }
 
 impl Writer {
-    /// Runs until `stop` turns true, then writes what is left within
-    /// `grace`. Returns the number of rows that could not be written.
-    pub async fn run(self, mut stop: watch::Receiver<bool>, grace: Duration) -> usize {
+    /// Runs until `stop` holds a deadline, then writes what is left until
+    /// that instant. Returns the number of rows that could not be written.
+    pub async fn run(self, mut stop: watch::Receiver<Option<tokio::time::Instant>>) -> usize {
         let mut st = State {
             backend: None,
             backoff: BACKOFF_START,
@@ -65,19 +65,32 @@ impl Writer {
                 _ = self.buffer.wake.notified(), if st.failing_since.is_none() => {}
                 _ = stop.changed() => {}
             }
-            if *stop.borrow() {
+            if stop.borrow().is_some() {
                 break;
             }
             self.health.beat();
-            self.step(&mut st).await;
+            // A step stuck on the database must not hold up shutdown: it is
+            // abandoned (its rows stay buffered, and a batch that did commit
+            // is skipped row by row when retried) and the final flush
+            // takes over.
+            tokio::select! {
+                _ = self.step(&mut st) => {}
+                _ = stop.wait_for(Option::is_some) => break,
+            }
             metrics::gauge!("apimon_buffered_rows").set(self.buffer.len() as f64);
         }
-        // Final flush: keep trying until the buffer is empty or grace is up.
-        let deadline = Instant::now() + grace;
-        while !self.buffer.is_empty() && Instant::now() < deadline {
-            if !self.step(&mut st).await {
-                let left = deadline.saturating_duration_since(Instant::now());
-                tokio::time::sleep(st.backoff.min(left)).await;
+        // Final flush: keep trying until the buffer is empty or the
+        // shutdown budget is spent; a statement still running then is
+        // abandoned (its rows count as lost).
+        let deadline = (*stop.borrow()).unwrap_or_else(tokio::time::Instant::now);
+        while !self.buffer.is_empty() && tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, self.step(&mut st)).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + st.backoff))
+                        .await
+                }
+                Err(_) => break,
             }
         }
         let lost = self.buffer.len();

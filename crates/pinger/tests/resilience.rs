@@ -159,6 +159,99 @@ async fn sigterm_stops_scheduling_flushes_and_exits_zero() {
     assert_eq!(h.count().await as usize, h.server.hits("/ok"));
 }
 
+/// `--rounds N` with a database that never answers: every row is lost,
+/// and the exit status and last line say so.
+#[tokio::test]
+async fn rounds_that_lose_rows_exit_3_saying_how_many() {
+    let h = Harness::new().await;
+    h.server.set("/ok", Reply::ok());
+    let toml = endpoints(&h.server, &[("a", "/ok"), ("b", "/ok")], "100ms");
+    let mut env = h.env(&toml, &[("SHUTDOWN_GRACE", "500ms")]);
+    env[0].1 = format!("postgres://postgres@127.0.0.1:{}/nowhere", free_port());
+    let out = pinger_binary()
+        .envs(env)
+        .args(["--rounds", "3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().last(),
+        Some("pinger: 6 rows lost (0 dropped from a full buffer, 6 not written at exit)"),
+        "{stderr}"
+    );
+    // And with the database there, the same run exits 0.
+    let out = pinger_binary()
+        .envs(h.env(&toml, &[]))
+        .args(["--rounds", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(h.count().await, 6);
+}
+
+/// One `SHUTDOWN_GRACE` from SIGTERM to exit, as `docker stop` allows: a
+/// hanging endpoint and a flush that cannot finish (the table is locked)
+/// share it, instead of each getting a whole grace period (or, for the
+/// flush, forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_check_and_a_stuck_flush_share_one_grace_period() {
+    let h = Harness::new().await;
+    h.server.set("/ok", Reply::ok());
+    h.server.set("/hang", Reply::Hang);
+    let toml = endpoints(&h.server, &[("fast", "/ok"), ("stuck", "/hang")], "200ms");
+    let mut child = pinger_binary()
+        .envs(h.env(&toml, &[("SHUTDOWN_GRACE", "2s")]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(15), || async { h.count().await >= 3 }).await);
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            h.server.hits("/hang") >= 1
+        })
+        .await
+    );
+    let mut lock = h.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE api_metrics IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    // Rows wait in the buffer behind the lock.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let sent = std::time::Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // docker stop: SIGKILL once the stop timeout (here 2 s + 1.5 s of
+    // slack for a busy machine) has passed.
+    let exited = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if sent.elapsed() > Duration::from_millis(3500) {
+            child.kill().unwrap();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = sent.elapsed();
+    lock.rollback().await.unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let status = exited.unwrap_or_else(|| panic!("killed after {took:?}:\n{stderr}"));
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("rows lost"), "{stderr}");
+    assert!(stderr.contains("abandoning them"), "{stderr}");
+}
+
 #[test]
 fn configuration_errors_exit_2_with_one_line_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
