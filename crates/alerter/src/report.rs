@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use apimon_core::db;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -30,14 +31,31 @@ use crate::config::AlerterConfig;
 use crate::outbox;
 
 /// A period's data must be in before its report is written: the pinger
-/// flushes within a second, the detector follows within another.
+/// flushes within a second, the detector follows within another. A check
+/// that started just before the end may take its whole timeout on top:
+/// see [`settle_time`].
 pub const SETTLE: Duration = Duration::from_secs(5);
+
+/// How long after a period's end its report waits at least: [`SETTLE`]
+/// plus the longest check timeout configured (`longest_timeout`).
+pub fn settle_time(longest_timeout: Option<Duration>) -> Duration {
+    SETTLE + longest_timeout.unwrap_or_default()
+}
 
 /// End of the last period that closed at least [`SETTLE`] before `now`;
 /// periods are aligned on multiples of `interval` since the epoch.
 pub fn last_period_end(now: DateTime<Utc>, interval: Duration) -> DateTime<Utc> {
+    last_period_end_after(now, interval, SETTLE)
+}
+
+/// End of the last period that closed at least `settle` before `now`.
+pub fn last_period_end_after(
+    now: DateTime<Utc>,
+    interval: Duration,
+    settle: Duration,
+) -> DateTime<Utc> {
     let step = interval.as_millis().max(1) as i64;
-    let t = (now - chrono::Duration::from_std(SETTLE).unwrap_or_default()).timestamp_millis();
+    let t = (now - chrono::Duration::from_std(settle).unwrap_or_default()).timestamp_millis();
     let end = t.div_euclid(step) * step;
     DateTime::from_timestamp_millis(end).unwrap_or(now)
 }
@@ -249,7 +267,8 @@ pub async fn maybe_report(
 ) -> anyhow::Result<bool> {
     let step =
         chrono::Duration::from_std(cfg.report_interval).unwrap_or(chrono::Duration::minutes(5));
-    let last = last_period_end(now, cfg.report_interval);
+    let settle = settle_time(db::endpoints::longest_timeout(pool).await?);
+    let last = last_period_end_after(now, cfg.report_interval, settle);
     let reported: Vec<DateTime<Utc>> =
         sqlx::query_scalar("SELECT period_end FROM status_reports WHERE period_end = ANY($1)")
             .bind(vec![last - step * 2, last - step, last])
@@ -347,6 +366,23 @@ mod tests {
             "not settled yet"
         );
         assert_eq!(last_period_end(at(10, 9, 59), i), at(10, 5, 0));
+    }
+
+    #[test]
+    fn a_period_settles_for_the_longest_check_timeout() {
+        let i = Duration::from_secs(300);
+        let at = |h, m, s| Utc.with_ymd_and_hms(2026, 11, 25, h, m, s).unwrap();
+        let settle = settle_time(Some(Duration::from_secs(30)));
+        assert_eq!(settle, Duration::from_secs(35));
+        assert_eq!(
+            last_period_end_after(at(10, 5, 34), i, settle),
+            at(10, 0, 0)
+        );
+        assert_eq!(
+            last_period_end_after(at(10, 5, 35), i, settle),
+            at(10, 5, 0)
+        );
+        assert_eq!(settle_time(None), SETTLE);
     }
 
     #[test]

@@ -549,7 +549,8 @@ async fn a_status_report_lists_one_slow_one_down_and_six_healthy_apis() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let at = end + chrono::Duration::seconds(10);
+    // After the settle time: 5 s plus the 30 s default timeout.
+    let at = end + chrono::Duration::seconds(40);
     assert!(
         alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, at)
             .await
@@ -648,7 +649,8 @@ async fn a_report_waits_for_rows_still_on_their_way_and_then_counts_them_all() {
     // 9 of its 20 checks are in; the rest sit in the pinger's buffer.
     rows.extend(checks("buffered", begin, 9, 100.0));
     db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
-    let at = end + chrono::Duration::seconds(10);
+    // After the settle time: 5 s plus the 30 s default timeout.
+    let at = end + chrono::Duration::seconds(40);
     assert!(
         !alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, at)
             .await
@@ -677,6 +679,43 @@ async fn a_report_waits_for_rows_still_on_their_way_and_then_counts_them_all() {
     );
 }
 
+/// A check that started just before the period's end may answer up to its
+/// timeout later: with one 30 s timeout among 5 s ones, the report waits
+/// 35 s even though every row it can see has come.
+#[tokio::test]
+async fn a_report_settles_for_the_longest_check_timeout() {
+    let db = database(&["steady"]).await;
+    let eps = apimon_core::apis::parse(
+        "[[api]]\nname = \"steady\"\nurl = \"http://steady.test/\"\ntimeout = \"5s\"\n\
+         [[api]]\nname = \"patient\"\nurl = \"http://patient.test/\"\ntimeout = \"30s\"\n",
+        "test",
+        &Env::default(),
+    )
+    .unwrap();
+    db::endpoints::upsert(&db.pool, &eps).await.unwrap();
+    let cfg = env(&db, None, &[("ALERT_CHECK_INTERVAL", "300".into())]);
+    let (begin, end) = five_minute_period(&db).await;
+    let mut baselines = alerter::baseline::Baselines::new(cfg.baseline_window);
+    let mut rows = checks("steady", begin, 21, 100.0);
+    rows.extend(checks("patient", begin, 21, 100.0));
+    db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
+    let early = end + chrono::Duration::seconds(34);
+    assert!(
+        !alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, early)
+            .await
+            .unwrap(),
+        "35 s have not passed"
+    );
+    assert!(queued_report(&db.pool, end).await.is_none());
+    let settled = end + chrono::Duration::seconds(36);
+    assert!(
+        alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, settled)
+            .await
+            .unwrap()
+    );
+    assert!(queued_report(&db.pool, end).await.is_some());
+}
+
 #[tokio::test]
 async fn rows_that_never_arrive_are_reported_as_data_missing_not_healthy() {
     let db = database(&["steady", "cut-off"]).await;
@@ -686,7 +725,8 @@ async fn rows_that_never_arrive_are_reported_as_data_missing_not_healthy() {
     let mut rows = checks("steady", begin, 21, 100.0);
     rows.extend(checks("cut-off", begin, 9, 100.0));
     db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
-    let at = end + chrono::Duration::seconds(10);
+    // After the settle time: 5 s plus the 30 s default timeout.
+    let at = end + chrono::Duration::seconds(40);
     assert!(
         !alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, at)
             .await

@@ -4,6 +4,15 @@ use sqlx::PgPool;
 
 use crate::apis::Endpoint;
 
+/// The longest check timeout of the registered endpoints, if any: a check
+/// that started before some instant may report up to this long after it.
+pub async fn longest_timeout(pool: &PgPool) -> Result<Option<std::time::Duration>, sqlx::Error> {
+    let ms: Option<i64> = sqlx::query_scalar("SELECT max(timeout_ms) FROM api_endpoints")
+        .fetch_one(pool)
+        .await?;
+    Ok(ms.map(|ms| std::time::Duration::from_millis(ms.max(0) as u64)))
+}
+
 /// Upserts every endpoint of the configuration (in one statement).
 #[tracing::instrument(skip_all, fields(endpoints = endpoints.len()))]
 pub async fn upsert(pool: &PgPool, endpoints: &[Endpoint]) -> Result<(), sqlx::Error> {
