@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use apimon_testkit::first_contact::assert_every_family_has_help;
+use apimon_testkit::http::Reply;
 use apimon_testkit::procs::{run_to_exit, tail, Exit, Service};
 use apimon_testkit::PasswordCluster;
 use helpers::Harness;
@@ -152,6 +153,44 @@ fn a_bad_log_format_or_filter_exits_2_naming_the_variable() {
     std::fs::remove_file(dir.path().join(".env")).unwrap();
     let exit = run_pinger(dir.path(), &["--check-config"], &[("LOG_FORMAT", "json")]);
     assert_eq!(exit.code(), Some(0), "{exit:?}");
+}
+
+/// `RUST_LOG` and `LOG_FORMAT` from `.env` shape the logs from the first
+/// line: logging starts only after `.env` is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_settings_in_dot_env_take_effect() {
+    let h = Harness::new().await;
+    h.server.set("/boom", Reply::status(500));
+    let toml = helpers::endpoints(&h.server, &[("failing", "/boom")], "100ms");
+    std::fs::write(
+        h.dir.path().join(".env"),
+        "LOG_FORMAT=json\nRUST_LOG=warn\n",
+    )
+    .unwrap();
+    let exit = run_to_exit(
+        "pinger",
+        &["--rounds", "2"],
+        &h.env(&toml, &[("PINGER_HTTP_PORT", "0")]),
+        h.dir.path(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    let lines: Vec<&str> = exit
+        .output
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("check failed")),
+        "{}",
+        exit.output
+    );
+    for line in &lines {
+        assert!(
+            line.starts_with('{') && line.ends_with('}') && line.contains("\"level\":\"WARN\""),
+            "JSON at warn and above only: {line}"
+        );
+    }
 }
 
 /// The pinger readies the schema in its writer, which retries: a failed
