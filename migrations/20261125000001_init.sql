@@ -6,12 +6,16 @@
 
 DO $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
+    -- CREATE EXTENSION of a TimescaleDB that is installed but not in
+    -- shared_preload_libraries ends the session (FATAL), which no handler
+    -- catches: look first. The binaries warn with the fix; the schema falls
+    -- back to plain tables.
+    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
+       AND (EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')
+            OR current_setting('shared_preload_libraries') ~ 'timescaledb') THEN
         BEGIN
             CREATE EXTENSION IF NOT EXISTS timescaledb;
         EXCEPTION WHEN OTHERS THEN
-            -- Typically: not in shared_preload_libraries. The binaries warn
-            -- with the fix; the schema falls back to plain tables.
             RAISE WARNING 'apimon: TimescaleDB is installed but CREATE EXTENSION failed: %', SQLERRM;
         END;
     END IF;

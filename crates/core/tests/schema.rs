@@ -45,47 +45,71 @@ async fn migrations_run_twice_are_a_no_op() {
     assert!(before >= 1);
 }
 
-/// Migration 0004's comment was corrected after release: a database that
-/// applied the old text starts as before, and any other checksum change is
-/// still refused.
+/// Migrations 0001 (its TimescaleDB check) and 0004 (its comment) were
+/// changed after release: a database that applied the old text starts as
+/// before, and any other checksum change is still refused.
 #[tokio::test]
 async fn a_database_that_applied_a_reworded_migration_accepts_its_new_text() {
     let pool = migrated_pool().await;
-    let set = |hex: &'static str| {
+    let checksum = |version: i64| {
         let pool = pool.clone();
         async move {
-            sqlx::query(
-                "UPDATE _sqlx_migrations SET checksum = decode($1, 'hex') \
-                 WHERE version = 20261125000004",
+            sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT checksum FROM _sqlx_migrations WHERE version = $1",
             )
-            .bind(hex)
-            .execute(&pool)
+            .bind(version)
+            .fetch_one(&pool)
             .await
-            .unwrap();
+            .unwrap()
         }
     };
-    let checksum = || async {
-        sqlx::query_scalar::<_, Vec<u8>>(
-            "SELECT checksum FROM _sqlx_migrations WHERE version = 20261125000004",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap()
+    let set = |version: i64, bytes: Vec<u8>| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("UPDATE _sqlx_migrations SET checksum = $2 WHERE version = $1")
+                .bind(version)
+                .bind(bytes)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
     };
-    let current = checksum().await;
-    let (_, old) = db::REWORDED[0];
-    assert_ne!(
-        current,
-        decode_hex(old),
-        "the old text's checksum is not the new one's"
-    );
-    set(old).await;
-    db::migrate(&pool).await.expect("the old text is accepted");
-    assert_eq!(checksum().await, current, "and the record is updated");
+    assert_eq!(db::REWORDED.len(), 2);
+    for (version, old) in db::REWORDED {
+        let current = checksum(*version).await;
+        assert_ne!(current, decode_hex(old), "{version}: the text did change");
+        set(*version, decode_hex(old)).await;
+        db::migrate(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{version}: the old text is accepted: {e:?}"));
+        assert_eq!(
+            checksum(*version).await,
+            current,
+            "{version}: record updated"
+        );
 
-    set("00").await;
-    let e = db::migrate(&pool).await.unwrap_err();
-    assert!(e.is_migration_failure(), "{e:?}");
+        set(*version, vec![0]).await;
+        let e = db::migrate(&pool).await.unwrap_err();
+        assert!(e.is_migration_failure(), "{version}: {e:?}");
+        // sqlx's advisory lock goes with the failed attempt's session: the
+        // next attempt, on any connection, does not wait for it.
+        let mut held = 1;
+        for _ in 0..40 {
+            held = sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if held == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(held, 0, "{version}: a failed migration left its lock");
+        set(*version, current).await;
+    }
 }
 
 fn decode_hex(s: &str) -> Vec<u8> {

@@ -216,14 +216,26 @@ pub async fn connect_and_migrate(
     }
 }
 
-/// Migrations whose text was changed after release without changing what
-/// they do (comments only): their version and the SHA-384 of the old text.
-/// sqlx refuses to run when an applied migration's checksum differs.
-pub const REWORDED: &[(i64, &str)] = &[(
-    20261125000004,
-    "95792b7bf799c9f075358e0b87aae388fcaace4b4a30dc73ae95737c3244a6b1\
-     2fc534f5ab1674d0694f5bc77e04a850",
-)];
+/// Migrations whose text was changed after release in a way that cannot
+/// matter to a database that applied the old text: their version and the
+/// SHA-384 of the old text. sqlx refuses to run when an applied migration's
+/// checksum differs.
+/// - 0001: looks at `shared_preload_libraries` before `CREATE EXTENSION
+///   timescaledb`, which ended the session when the library was installed
+///   but not preloaded (a database where 0001 was applied got past it).
+/// - 0004: its comment.
+pub const REWORDED: &[(i64, &str)] = &[
+    (
+        20261125000001,
+        "f4a513365367df16086d925528ecffc2af09e292461f41a7ba5f3dfdbce9015\
+         648855e81f122cfde0ddafe732c7fc329",
+    ),
+    (
+        20261125000004,
+        "95792b7bf799c9f075358e0b87aae388fcaace4b4a30dc73ae95737c3244a6b1\
+         2fc534f5ab1674d0694f5bc77e04a850",
+    ),
+];
 
 /// Lets a database that applied the old text of a [`REWORDED`] migration
 /// accept the new one: its recorded checksum is replaced, only when it is
@@ -266,7 +278,19 @@ async fn accept_reworded(pool: &PgPool) -> Result<(), sqlx::Error> {
 #[tracing::instrument(skip_all)]
 pub async fn migrate(pool: &PgPool) -> Result<Backend, DbError> {
     accept_reworded(pool).await?;
-    MIGRATOR.run(pool).await?;
+    let mut conn = pool.acquire().await?;
+    // `run_direct` is `run` on a connection we hold, without the
+    // "Acquire is not general enough" error of `run(&mut *conn)` in a
+    // spawned task (sqlx's own note).
+    if let Err(e) = MIGRATOR.run_direct(&mut *conn).await {
+        // sqlx returns on an error without releasing its session-level
+        // advisory lock: a pooled connection would keep it, and the next
+        // attempt on another connection would wait until the pool closed
+        // this one. Close the session, and the lock goes with it.
+        let _ = sqlx::Connection::close(conn.detach()).await;
+        return Err(e.into());
+    }
+    drop(conn);
     let backend = backend(pool).await?;
     match &backend {
         Backend::TimescaleDb { .. } => tracing::info!(%backend, "schema ready on TimescaleDB"),
