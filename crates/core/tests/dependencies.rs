@@ -64,7 +64,9 @@ fn unused_features_stay_off_outside_tests() {
         !tokio.contains(&"process".to_string()),
         "tokio's `process` feature is for tests and benches only: enable it in [dev-dependencies]"
     );
-    for member in ["core", "pinger", "detector", "alerter", "testkit"] {
+    for member in [
+        "core", "pinger", "detector", "alerter", "testkit", "nab-eval",
+    ] {
         let m = manifest(&format!("crates/{member}/Cargo.toml"));
         let features = m
             .get("dependencies")
