@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use apimon_core::backoff::Backoff;
 use apimon_core::db::{self, Backend};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -35,7 +36,9 @@ pub struct Writer {
 
 struct State {
     backend: Option<Backend>,
-    backoff: Duration,
+    backoff: Backoff,
+    /// How long to wait before the next try while the database fails.
+    retry_in: Duration,
     /// When the current outage began, if the database is failing.
     failing_since: Option<Instant>,
     next_retention: Instant,
@@ -49,14 +52,15 @@ impl Writer {
     pub async fn run(self, mut stop: watch::Receiver<bool>, grace: Duration) -> usize {
         let mut st = State {
             backend: None,
-            backoff: BACKOFF_START,
+            backoff: Backoff::new(BACKOFF_START, BACKOFF_MAX),
+            retry_in: BACKOFF_START,
             failing_since: None,
             next_retention: Instant::now(),
             last_contact: Instant::now(),
         };
         loop {
             let wait = if st.failing_since.is_some() {
-                st.backoff
+                st.retry_in
             } else {
                 self.flush_interval
             };
@@ -77,7 +81,7 @@ impl Writer {
         while !self.buffer.is_empty() && Instant::now() < deadline {
             if !self.step(&mut st).await {
                 let left = deadline.saturating_duration_since(Instant::now());
-                tokio::time::sleep(st.backoff.min(left)).await;
+                tokio::time::sleep(st.retry_in.min(left)).await;
             }
         }
         let lost = self.buffer.len();
@@ -112,7 +116,7 @@ impl Writer {
                         "database reachable again; buffered rows written"
                     );
                 }
-                st.backoff = BACKOFF_START;
+                st.backoff.reset();
                 true
             }
             Err(e) => {
@@ -120,7 +124,8 @@ impl Writer {
                 self.health.set_problem(e.health_reason());
                 let first = st.failing_since.is_none();
                 let since = *st.failing_since.get_or_insert_with(Instant::now);
-                if first || st.backoff >= BACKOFF_MAX {
+                st.retry_in = st.backoff.next_delay();
+                if first || st.retry_in >= st.backoff.max() {
                     tracing::warn!(
                         error.message = %e,
                         error.cause_chain = ?e,
@@ -129,7 +134,6 @@ impl Writer {
                         "cannot write to the database; keeping rows in memory and retrying"
                     );
                 }
-                st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
                 false
             }
         }
