@@ -12,13 +12,14 @@ COPY crates/pinger/Cargo.toml crates/pinger/
 COPY crates/detector/Cargo.toml crates/detector/
 COPY crates/alerter/Cargo.toml crates/alerter/
 COPY crates/testkit/Cargo.toml crates/testkit/
+COPY crates/nab-eval/Cargo.toml crates/nab-eval/
 # Stub sources: compile only the dependencies.
-RUN mkdir -p migrations crates/core/src crates/testkit/src \
+RUN mkdir -p migrations crates/core/src crates/testkit/src crates/nab-eval/src \
         crates/pinger/src crates/detector/src crates/alerter/src \
         crates/pinger/benches crates/detector/benches crates/testkit/benches crates/alerter/benches \
     && touch crates/core/src/lib.rs crates/testkit/src/lib.rs crates/pinger/src/lib.rs \
-        crates/detector/src/lib.rs crates/alerter/src/lib.rs \
-    && for b in pinger detector alerter; do echo 'fn main() {}' > crates/$b/src/main.rs; done \
+        crates/detector/src/lib.rs crates/alerter/src/lib.rs crates/nab-eval/src/lib.rs \
+    && for b in pinger detector alerter nab-eval; do echo 'fn main() {}' > crates/$b/src/main.rs; done \
     && for f in pinger/benches/load detector/benches/detector detector/benches/storage testkit/benches/scale alerter/benches/alert_quality; do echo 'fn main() {}' > crates/$f.rs; done \
     && cargo build --release --locked -p pinger -p detector -p alerter \
     && rm -rf crates/*/src

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use apimon_core::db::{self, notifications};
 use apimon_core::health::Health;
+use apimon_core::listen::Listener;
 use chrono::Utc;
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 
@@ -57,17 +57,13 @@ pub async fn run_with_health(
     ));
 
     let mut baselines = Baselines::new(cfg.baseline_window);
-    let mut listener = listen(&pool).await;
+    let mut listener =
+        Listener::start(&pool, &[db::ANOMALIES_CHANNEL, db::INCIDENTS_CHANNEL]).await;
     let mut poll = tokio::time::interval(cfg.poll_interval);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            r = recv(&mut listener) => {
-                if r.is_err() {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    listener = listen(&pool).await;
-                }
-            }
+            _ = listener.recv() => {}
             _ = poll.tick() => {}
         }
         health.beat();
@@ -105,27 +101,6 @@ pub async fn step(
     let notices = dispatch::pass(pool, cfg, &check, now).await?;
     let reported = report::maybe_report(pool, cfg, baselines, now).await?;
     Ok(notices > 0 || reported)
-}
-
-async fn listen(pool: &PgPool) -> Option<PgListener> {
-    let mut l = PgListener::connect_with(pool).await.ok()?;
-    l.listen_all([db::ANOMALIES_CHANNEL, db::INCIDENTS_CHANNEL])
-        .await
-        .ok()?;
-    Some(l)
-}
-
-async fn recv(listener: &mut Option<PgListener>) -> Result<(), ()> {
-    match listener {
-        Some(l) => match l.try_recv().await {
-            Ok(Some(_)) => Ok(()),
-            _ => Err(()),
-        },
-        None => {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            Err(())
-        }
-    }
 }
 
 /// Sends due notifications one at a time: each is locked (`FOR UPDATE SKIP

@@ -182,28 +182,21 @@ pub fn dotenv_line_error(line: &str) -> ConfigError {
     )
 }
 
-/// Parses `15`, `15s`, `500ms`, `2m`, `1h`, `1.5s` into a duration. A bare
-/// number is seconds.
+/// Parses a duration as `humantime` writes it (`15s`, `500ms`, `2m`,
+/// `1h 30m`, `7d`), or a bare number of seconds (`15`, `1.5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let expected = || format!("expected a duration such as 15s, 500ms, 2m or 1h, got `{text}`");
-    let n: f64 = num.parse().map_err(|_| expected())?;
-    let secs = match unit.trim() {
-        "" | "s" | "sec" | "secs" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" | "mins" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => return Err(expected()),
+    let expected =
+        || format!("expected a duration such as 15s, 500ms, 2m, 1h or 1h 30m, got `{text}`");
+    let d = match t.parse::<f64>() {
+        Ok(secs) if (0.0..=1e9).contains(&secs) => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(expected()),
+        Err(_) => humantime::parse_duration(t).map_err(|_| expected())?,
     };
-    if !(0.0..=1e9).contains(&secs) {
+    if d > Duration::from_secs(1_000_000_000) {
         return Err(expected());
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 /// How to reach PostgreSQL: `DATABASE_URL`, or the seed's `DB_HOST`,
@@ -403,7 +396,15 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2min").unwrap(), Duration::from_secs(120));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("inf").is_err());
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());

@@ -3,6 +3,7 @@
 //! database access, and sharding.
 
 pub mod apis;
+pub mod backoff;
 pub mod config;
 pub mod db;
 pub mod features;
@@ -10,6 +11,7 @@ pub mod forest;
 pub mod glob;
 pub mod health;
 pub mod incidents;
+pub mod listen;
 pub mod maintenance;
 pub mod model;
 pub mod shard;

@@ -114,24 +114,10 @@ impl MaintenanceWindow {
     }
 }
 
-/// `2h`, `90m`, `1d 2h`, `45s`: a duration as people write it.
+/// `2h`, `1h 30m`, `1day 2h`, `45s`: a duration as people write it (in
+/// whole seconds, as `humantime` prints it).
 pub fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    let (days, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
-    let mut parts = Vec::new();
-    if days > 0 {
-        parts.push(format!("{days}d"));
-    }
-    if h > 0 {
-        parts.push(format!("{h}h"));
-    }
-    if m > 0 {
-        parts.push(format!("{m}m"));
-    }
-    if sec > 0 || parts.is_empty() {
-        parts.push(format!("{sec}s"));
-    }
-    parts.join(" ")
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
 const DAYS: [(&str, &str, u8); 7] = [
@@ -541,7 +527,8 @@ mod tests {
     fn durations_read_back_as_people_write_them() {
         assert_eq!(human_duration(Duration::from_secs(7200)), "2h");
         assert_eq!(human_duration(Duration::from_secs(5400)), "1h 30m");
-        assert_eq!(human_duration(Duration::from_secs(86_400 + 5)), "1d 5s");
+        assert_eq!(human_duration(Duration::from_secs(86_400 + 5)), "1day 5s");
+        assert_eq!(human_duration(Duration::from_millis(90_500)), "1m 30s");
         assert_eq!(human_duration(Duration::from_secs(0)), "0s");
     }
 }

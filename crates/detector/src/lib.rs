@@ -5,7 +5,6 @@
 pub mod catalog;
 pub mod config;
 pub mod engine;
-pub mod evaluate;
 pub mod replay;
 pub mod service;
 pub mod trainer;

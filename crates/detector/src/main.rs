@@ -52,24 +52,6 @@ enum Command {
         #[arg(long, requires = "csv")]
         response_times: bool,
     },
-    /// Replay the NAB corpus through apimon, a rolling z-score and the
-    /// original pooled forest; print windows caught, false positives,
-    /// delays and NAB scores per category.
-    Evaluate {
-        /// The NAB directory, holding `data/<category>/*.csv`.
-        #[arg(long, value_name = "DIR", default_value = "../shared/datasets/nab")]
-        nab: PathBuf,
-        /// The anomaly windows (default: DIR/combined_windows.json).
-        #[arg(long, value_name = "FILE")]
-        windows: Option<PathBuf>,
-        /// Also write one row per detector and file to this CSV.
-        #[arg(long, value_name = "FILE")]
-        out_csv: Option<PathBuf>,
-        /// Measure a suggested change: shift-nonnegative, no-time-features,
-        /// always-time-features, skip-original (repeatable).
-        #[arg(long = "experiment", value_name = "NAME", hide = true)]
-        experiments: Vec<String>,
-    },
 }
 
 fn main() -> ExitCode {
@@ -121,31 +103,6 @@ fn main() -> ExitCode {
                 }
                 (None, None) => {
                     eprintln!("detector replay: give --csv FILE or --api NAME --from T --to T");
-                    return ExitCode::from(CONFIG_EXIT_CODE as u8);
-                }
-            }
-        }
-        Some(Command::Evaluate {
-            nab,
-            windows,
-            out_csv,
-            experiments,
-        }) => {
-            let opts = match replay_options(&env) {
-                Ok(o) => o,
-                Err(e) => return config_error(e),
-            };
-            let variant = detector::evaluate::Variant::default().with_experiments(&experiments);
-            match variant {
-                Ok(variant) => detector::evaluate::run(
-                    &nab,
-                    windows.as_deref(),
-                    out_csv.as_deref(),
-                    &variant,
-                    &opts,
-                ),
-                Err(e) => {
-                    eprintln!("detector evaluate: {e}");
                     return ExitCode::from(CONFIG_EXIT_CODE as u8);
                 }
             }

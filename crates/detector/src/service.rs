@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use apimon_core::backoff::Backoff;
 use apimon_core::db::{self, anomalies::AnomalyRow, metrics::NewRow};
 use apimon_core::health::Health;
+use apimon_core::listen::Listener;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 
@@ -96,7 +97,7 @@ pub async fn run_with_health(
     };
     let trainer_task = tokio::spawn(trainer.run(stop_rx));
 
-    let mut listener = listen(&pool).await;
+    let mut listener = Listener::start(&pool, &[db::METRICS_CHANNEL]).await;
     let mut poll = tokio::time::interval(cfg.poll_interval);
     let mut refresh =
         tokio::time::interval_at(tokio::time::Instant::now() + REFRESH_EVERY, REFRESH_EVERY);
@@ -104,17 +105,11 @@ pub async fn run_with_health(
         tokio::time::Instant::now() + Duration::from_secs(60),
         Duration::from_secs(60),
     );
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            n = recv(&mut listener) => {
-                if n.is_err() {
-                    // Lost the listening connection: reconnect, poll meanwhile.
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    listener = listen(&pool).await;
-                }
-            }
+            _ = listener.recv() => {}
             _ = poll.tick() => {}
             Some((api, model)) = model_rx.recv() => scorer.set_model(&api, model),
             _ = refresh.tick() => {
@@ -131,16 +126,15 @@ pub async fn run_with_health(
         match scorer.pass_until_caught_up().await {
             Ok(()) => {
                 health.set_db(true);
-                backoff = Duration::from_millis(250);
+                backoff.reset();
             }
             Err(e) => {
                 health.set_db(false);
                 tracing::warn!(error.message = %e, error.cause_chain = ?e, "scoring pass failed; will retry");
                 tokio::select! {
                     _ = &mut shutdown => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }
@@ -149,27 +143,6 @@ pub async fn run_with_health(
     scorer.log_summary();
     tracing::info!(outcome = ?scorer.outcome, "detector stopped");
     Ok(scorer.outcome)
-}
-
-async fn listen(pool: &PgPool) -> Option<PgListener> {
-    let mut l = PgListener::connect_with(pool).await.ok()?;
-    l.listen(db::METRICS_CHANNEL).await.ok()?;
-    Some(l)
-}
-
-/// Waits for a notification; pending forever without a listener (the poll
-/// covers it); `Err` when the connection broke.
-async fn recv(listener: &mut Option<PgListener>) -> Result<(), ()> {
-    match listener {
-        Some(l) => match l.try_recv().await {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) | Err(_) => Err(()),
-        },
-        None => {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            Err(())
-        }
-    }
 }
 
 impl Scorer {

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use apimon_core::backoff::Backoff;
 use apimon_core::db::{self, Backend};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -35,7 +36,9 @@ pub struct Writer {
 
 struct State {
     backend: Option<Backend>,
-    backoff: Duration,
+    backoff: Backoff,
+    /// How long to wait before the next try while the database fails.
+    retry_in: Duration,
     /// When the current outage began, if the database is failing.
     failing_since: Option<Instant>,
     next_retention: Instant,
@@ -49,14 +52,15 @@ impl Writer {
     pub async fn run(self, mut stop: watch::Receiver<Option<tokio::time::Instant>>) -> usize {
         let mut st = State {
             backend: None,
-            backoff: BACKOFF_START,
+            backoff: Backoff::new(BACKOFF_START, BACKOFF_MAX),
+            retry_in: BACKOFF_START,
             failing_since: None,
             next_retention: Instant::now(),
             last_contact: Instant::now(),
         };
         loop {
             let wait = if st.failing_since.is_some() {
-                st.backoff
+                st.retry_in
             } else {
                 self.flush_interval
             };
@@ -87,8 +91,10 @@ impl Writer {
             match tokio::time::timeout_at(deadline, self.step(&mut st)).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + st.backoff))
-                        .await
+                    tokio::time::sleep_until(
+                        deadline.min(tokio::time::Instant::now() + st.retry_in),
+                    )
+                    .await
                 }
                 Err(_) => break,
             }
@@ -125,7 +131,7 @@ impl Writer {
                         "database reachable again; buffered rows written"
                     );
                 }
-                st.backoff = BACKOFF_START;
+                st.backoff.reset();
                 true
             }
             Err(e) => {
@@ -133,7 +139,8 @@ impl Writer {
                 self.health.set_problem(e.health_reason());
                 let first = st.failing_since.is_none();
                 let since = *st.failing_since.get_or_insert_with(Instant::now);
-                if first || st.backoff >= BACKOFF_MAX {
+                st.retry_in = st.backoff.next_delay();
+                if first || st.retry_in >= st.backoff.max() {
                     tracing::warn!(
                         error.message = %e,
                         error.cause_chain = ?e,
@@ -142,7 +149,6 @@ impl Writer {
                         "cannot write to the database; keeping rows in memory and retrying"
                     );
                 }
-                st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
                 false
             }
         }

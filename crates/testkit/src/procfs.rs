@@ -105,29 +105,20 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// A benchmark's duration argument: a number and a unit (`ms`, `s` or
-/// none, `m`/`min`, `h`, `d`), above zero.
+/// A benchmark's duration argument, as `humantime` writes it (`15s`,
+/// `500ms`, `2m`, `1h 30m`, `7d`) or a bare number of seconds; above zero.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 15s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h, d)")),
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..1e9).contains(&secs) => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("bad duration {s:?} (e.g. 15s, 500ms, 2m)")),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("bad duration {s:?} (e.g. 15s, 500ms, 2m): {e}"))?,
     };
-    if !(secs.is_finite() && secs > 0.0) {
+    if d.is_zero() {
         return Err(format!("duration {s:?} must be above zero"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 #[cfg(test)]

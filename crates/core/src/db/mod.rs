@@ -17,6 +17,7 @@ use secrecy::ExposeSecret;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use crate::backoff::Backoff;
 use crate::config::{ConfigError, DbConfig, Refusal};
 use crate::health::Health;
 
@@ -168,7 +169,7 @@ pub async fn connect_and_migrate(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Option<(PgPool, Backend)>, ConfigError> {
     tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     health.set_problem(format!("connecting to the database at {}", cfg.target()));
     loop {
         let attempt = async {
@@ -181,7 +182,7 @@ pub async fn connect_and_migrate(
             }
             Ok::<_, DbError>((pool, backend))
         };
-        tokio::select! {
+        let delay = tokio::select! {
             _ = &mut shutdown => return Ok(None),
             res = attempt => match res {
                 Ok(ready) => {
@@ -199,20 +200,21 @@ pub async fn connect_and_migrate(
                         format!("connecting to the database at {}", cfg.target())
                     };
                     health.set_problem(reason);
+                    let delay = backoff.next_delay();
                     tracing::warn!(
                         error.message = %e,
                         error.cause_chain = ?e,
-                        retry_in_secs = backoff.as_secs_f64(),
+                        retry_in_secs = delay.as_secs_f64(),
                         "database not ready"
                     );
+                    delay
                 }
             },
-        }
+        };
         tokio::select! {
             _ = &mut shutdown => return Ok(None),
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -1,11 +1,13 @@
-//! `detector evaluate`: accuracy on the labelled NAB corpus.
+//! `nab-eval`: the detector's accuracy on the labelled NAB corpus. A
+//! research tool beside the product: it is not part of the `detector`
+//! binary, and it reaches the detector only through its library.
 //!
 //! Every CSV under `DIR/data/<category>/` is replayed causally through three
 //! detectors, compared in the same run:
 //!
 //! - **apimon**: this detector, with the options from the environment (one
 //!   forest per series, retrained in data time), through
-//!   [`crate::replay::replay`] itself.
+//!   [`detector::replay::replay`] itself.
 //! - **zscore**: a rolling z-score over the previous [`ZSCORE_WINDOW`] values
 //!   (the current one excluded). An alert is `|z| > 3`.
 //! - **original**: the original Python system's method: ONE forest for all
@@ -25,18 +27,18 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use apimon_core::features::{FeatureState, ValueDomain, N_FEATURES};
 use apimon_core::model::{Model, ModelParams, Thresholds};
 use chrono::{DateTime, Utc};
+use detector::config::TrainingPolicy;
+use detector::engine::ApiDetector;
+use detector::replay::{self, CsvError, Point, ReplayOptions, TimeFeatures};
+use rayon::prelude::*;
 
-use crate::config::TrainingPolicy;
-use crate::engine::ApiDetector;
-use crate::replay::{self, CsvError, Point, ReplayOptions, TimeFeatures};
-
-/// Threads the per-file and per-retrain work is spread over.
+/// Threads the per-file and per-retrain work is spread over by default
+/// (`--threads`).
 pub const THREADS: usize = 2;
 
 /// NAB: the first 15% of each file is probationary ...
@@ -359,12 +361,8 @@ impl Default for OriginalOptions {
 /// the model is retrained from scratch on ALL the pooled history whenever
 /// it is [`TrainingPolicy::due`] (first at `min_samples` rows, then every
 /// `retrain_interval` of that lockstep clock). The fits are independent
-/// once the schedule is known, so they run on `threads` threads.
-pub fn original_scores(
-    series: &[&[Point]],
-    opts: &OriginalOptions,
-    threads: usize,
-) -> Vec<Vec<Option<f64>>> {
+/// once the schedule is known, so they run in parallel (rayon).
+pub fn original_scores(series: &[&[Point]], opts: &OriginalOptions) -> Vec<Vec<Option<f64>>> {
     let thresholds = Thresholds::default();
     let mut out: Vec<Vec<Option<f64>>> = Vec::with_capacity(series.len());
     // (time since the series' start, series, row, features if a success)
@@ -424,58 +422,28 @@ pub fn original_scores(
         }
     }
 
-    let scored: Vec<Vec<(usize, usize, Option<f64>)>> = par_map(&fits, threads, |fit| {
-        // The original's plain forest: every feature, and no extrapolation
-        // term (`offset - forest_score`, as scikit-learn).
-        match Model::train(&pooled[..fit.prefix], &opts.params) {
-            Ok(model) => fit
-                .rows
-                .iter()
-                .map(|&(j, i, f)| (j, i, Some(model.offset - model.forest_score(&f))))
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "original: training failed; rows left unscored");
-                fit.rows.iter().map(|&(j, i, _)| (j, i, None)).collect()
+    let scored: Vec<Vec<(usize, usize, Option<f64>)>> = fits
+        .par_iter()
+        .map(|fit| {
+            // The original's plain forest: every feature, and no extrapolation
+            // term (`offset - forest_score`, as scikit-learn).
+            match Model::train(&pooled[..fit.prefix], &opts.params) {
+                Ok(model) => fit
+                    .rows
+                    .iter()
+                    .map(|&(j, i, f)| (j, i, Some(model.offset - model.forest_score(&f))))
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "original: training failed; rows left unscored");
+                    fit.rows.iter().map(|&(j, i, _)| (j, i, None)).collect()
+                }
             }
-        }
-    });
+        })
+        .collect();
     for (j, i, s) in scored.into_iter().flatten() {
         out[j][i] = s;
     }
     out
-}
-
-/// `f` over `items` on `threads` scoped threads; results in input order.
-pub fn par_map<T, R, F>(items: &[T], threads: usize, f: F) -> Vec<R>
-where
-    T: Sync,
-    R: Send,
-    F: Fn(&T) -> R + Sync,
-{
-    let next = AtomicUsize::new(0);
-    let mut slots: Vec<Option<R>> = std::iter::repeat_with(|| None).take(items.len()).collect();
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads.max(1))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(item) = items.get(i) else { break };
-                        done.push((i, f(item)));
-                    }
-                    done
-                })
-            })
-            .collect();
-        for w in workers {
-            let done = w.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
-            for (i, r) in done {
-                slots[i] = Some(r);
-            }
-        }
-    });
-    slots.into_iter().flatten().collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -815,12 +783,8 @@ pub struct FileResult {
 }
 
 /// Scores every series with every detector and measures them.
-pub fn evaluate(
-    corpus: &[Series],
-    opts: &ReplayOptions,
-    variant: &Variant,
-    threads: usize,
-) -> Evaluation {
+/// The per-file work runs in parallel on rayon's pool.
+pub fn evaluate(corpus: &[Series], opts: &ReplayOptions, variant: &Variant) -> Evaluation {
     let shifted: Vec<Series>;
     let corpus = if variant.shift_nonnegative {
         shifted = corpus
@@ -836,7 +800,10 @@ pub fn evaluate(
     };
     let mut timings = Vec::new();
     let started = Instant::now();
-    let apimon = par_map(corpus, threads, |s| apimon_scores(&s.points, opts, variant));
+    let apimon: Vec<_> = corpus
+        .par_iter()
+        .map(|s| apimon_scores(&s.points, opts, variant))
+        .collect();
     timings.push(("apimon", started.elapsed()));
     let at = |threshold: f64| -> Vec<Vec<Option<f64>>> {
         apimon
@@ -847,15 +814,16 @@ pub fn evaluate(
     let (high, critical) = (at(opts.thresholds.high), at(opts.thresholds.critical));
     let apimon_by_threshold = by_threshold(corpus, &apimon, &THRESHOLD_GRID);
     let started = Instant::now();
-    let zscore = par_map(corpus, threads, |s| {
-        zscore_scores(&s.points, ZSCORE_WINDOW, ZSCORE_LIMIT)
-    });
+    let zscore: Vec<_> = corpus
+        .par_iter()
+        .map(|s| zscore_scores(&s.points, ZSCORE_WINDOW, ZSCORE_LIMIT))
+        .collect();
     timings.push(("zscore", started.elapsed()));
     let mut runs = vec![apimon, high, critical, zscore];
     if !variant.skip_original {
         let started = Instant::now();
         let all: Vec<&[Point]> = corpus.iter().map(|s| s.points.as_slice()).collect();
-        runs.push(original_scores(&all, &OriginalOptions::default(), threads));
+        runs.push(original_scores(&all, &OriginalOptions::default()));
         timings.push(("original", started.elapsed()));
     }
 
@@ -1170,8 +1138,9 @@ pub fn write_csv(out: impl std::io::Write, results: &[FileResult]) -> Result<(),
     Ok(())
 }
 
-/// `detector evaluate`: loads the corpus, runs the three detectors, prints
-/// the report and optionally writes the per-file CSV.
+/// `nab-eval`: loads the corpus, runs the three detectors (on rayon's
+/// pool, whose size the report states), prints the report and optionally
+/// writes the per-file CSV.
 pub fn run(
     dir: &Path,
     windows: Option<&Path>,
@@ -1189,12 +1158,13 @@ pub fn run(
         results,
         timings,
         apimon_by_threshold,
-    } = evaluate(&corpus, opts, variant, THREADS);
+    } = evaluate(&corpus, opts, variant);
     let mut text = format!(
-        "NAB evaluation of {}: {} files, {rows} rows, {labelled} windows; {THREADS} threads.\n\
+        "NAB evaluation of {}: {} files, {rows} rows, {labelled} windows; {} threads.\n\
          apimon: {:?}, {:?}, training window {:?}, {} samples to start, retrain every {:?} (data time).\n\n",
         dir.display(),
         corpus.len(),
+        rayon::current_num_threads(),
         opts.params,
         opts.thresholds,
         opts.policy.window,
@@ -1476,15 +1446,6 @@ mod tests {
     }
 
     #[test]
-    fn par_map_keeps_the_input_order() {
-        let items: Vec<u64> = (0..50).collect();
-        assert_eq!(
-            par_map(&items, 2, |x| x * x),
-            items.iter().map(|x| x * x).collect::<Vec<_>>()
-        );
-    }
-
-    #[test]
     fn a_malformed_windows_file_names_the_file_and_entry() {
         let path = Path::new("w.json");
         let err = parse_windows("[1, 2]", path).unwrap_err();
@@ -1533,7 +1494,7 @@ mod tests {
             },
             ..OriginalOptions::default()
         };
-        let out = original_scores(&refs, &opts, 2);
+        let out = original_scores(&refs, &opts);
         // 120 pooled rows: 60 of each series, played in lockstep.
         for s in &out {
             assert!(s[..60].iter().all(Option::is_none));
