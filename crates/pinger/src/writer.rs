@@ -73,13 +73,20 @@ impl Writer {
                 break;
             }
             self.health.beat();
-            // A step stuck on the database must not hold up shutdown: it is
-            // abandoned (its rows stay buffered, and a batch that did commit
-            // is skipped row by row when retried) and the final flush
-            // takes over.
-            tokio::select! {
-                _ = self.step(&mut st) => {}
-                _ = stop.wait_for(Option::is_some) => break,
+            // A step stuck on the database must not hold up shutdown: once
+            // stop comes, it has until the deadline (its rows stay buffered
+            // if it does not finish, and a batch that did commit is skipped
+            // row by row when retried); then the final flush takes over.
+            let step = self.step(&mut st);
+            tokio::pin!(step);
+            let stopping = tokio::select! {
+                _ = &mut step => false,
+                _ = stop.wait_for(Option::is_some) => true,
+            };
+            if stopping {
+                let deadline = (*stop.borrow()).unwrap_or_else(tokio::time::Instant::now);
+                let _ = tokio::time::timeout_at(deadline, step).await;
+                break;
             }
             metrics::gauge!("apimon_buffered_rows").set(self.buffer.len() as f64);
         }
