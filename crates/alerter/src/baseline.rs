@@ -118,23 +118,7 @@ impl Baselines {
     ) -> Result<HashMap<String, Baseline>, sqlx::Error> {
         let from =
             until - chrono::Duration::from_std(self.window).unwrap_or(chrono::Duration::days(7));
-        let rows: Vec<(String, Option<f64>, Option<f64>)> = sqlx::query_as(
-            r#"SELECT api_name, avg(response_time_ms),
-                      percentile_cont(0.95) WITHIN GROUP (ORDER BY response_time_ms)
-               FROM api_metrics m
-               WHERE "timestamp" >= $1 AND "timestamp" < $3 AND success
-                 AND response_time_ms IS NOT NULL AND ($2::text IS NULL OR api_name = $2)
-                 AND NOT EXISTS (
-                     SELECT 1 FROM incidents i
-                     WHERE i.api_name = m.api_name AND m."timestamp" >= i.started_at
-                       AND m."timestamp" < COALESCE(i.recovered_at, i.resolved_at, 'infinity'))
-               GROUP BY api_name"#,
-        )
-        .bind(from)
-        .bind(api)
-        .bind(until)
-        .fetch_all(pool)
-        .await?;
+        let rows = apimon_core::db::metrics::baselines(pool, api, from, until).await?;
         Ok(rows
             .into_iter()
             .filter_map(|(a, mean, p95)| {

@@ -88,8 +88,6 @@ pub fn classify(
     }
 }
 
-type Stats = (String, i64, i64, Option<f64>, Option<f64>, bool, bool);
-
 /// An API checked recently (a row or a registration within this time
 /// before the period) is expected to have rows in it; older ones are
 /// endpoints no pinger checks any more.
@@ -98,19 +96,7 @@ const EXPECTED_WITHIN: chrono::Duration = chrono::Duration::hours(1);
 /// The APIs being checked whose rows up to `end` have not all arrived: no
 /// row at or after `end` yet.
 pub async fn not_arrived(pool: &PgPool, end: DateTime<Utc>) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        r#"SELECT e.api_name FROM api_endpoints e
-           WHERE (e.updated_at >= $2
-                  OR EXISTS (SELECT 1 FROM api_metrics m
-                             WHERE m.api_name = e.api_name AND m."timestamp" >= $2))
-             AND NOT EXISTS (SELECT 1 FROM api_metrics m
-                             WHERE m.api_name = e.api_name AND m."timestamp" >= $1)
-           ORDER BY 1"#,
-    )
-    .bind(end)
-    .bind(end - EXPECTED_WITHIN)
-    .fetch_all(pool)
-    .await
+    db::endpoints::not_arrived(pool, end, end - EXPECTED_WITHIN).await
 }
 
 /// The note of a row: why its status reads as it does, when the figures
@@ -162,37 +148,8 @@ async fn build_with_missing(
     end: DateTime<Utc>,
     missing: &[String],
 ) -> Result<Report, sqlx::Error> {
-    let stats: Vec<Stats> = sqlx::query_as(
-        r#"SELECT e.api_name,
-                  count(m.success) AS checks,
-                  count(*) FILTER (WHERE m.success) AS ok,
-                  avg(m.response_time_ms) FILTER (WHERE m.success),
-                  percentile_cont(0.95) WITHIN GROUP (ORDER BY m.response_time_ms)
-                      FILTER (WHERE m.success),
-                  EXISTS (SELECT 1 FROM incidents i WHERE i.api_name = e.api_name
-                          AND i.kind = 'down' AND i.opened_at < $2
-                          AND (i.resolved_at IS NULL OR i.resolved_at >= $2)),
-                  EXISTS (SELECT 1 FROM incidents i WHERE i.api_name = e.api_name
-                          AND i.kind = 'slow' AND i.opened_at < $2
-                          AND (i.resolved_at IS NULL OR i.resolved_at >= $2))
-           FROM api_endpoints e
-           LEFT JOIN api_metrics m
-                  ON m.api_name = e.api_name AND m."timestamp" >= $1 AND m."timestamp" < $2
-           GROUP BY e.api_name
-           ORDER BY e.api_name"#,
-    )
-    .bind(start)
-    .bind(end)
-    .fetch_all(pool)
-    .await?;
-    let counts: Vec<(String, String, i64)> = sqlx::query_as(
-        r#"SELECT api_name, severity, count(*) FROM anomalies
-           WHERE "timestamp" >= $1 AND "timestamp" < $2 GROUP BY 1, 2"#,
-    )
-    .bind(start)
-    .bind(end)
-    .fetch_all(pool)
-    .await?;
+    let stats = db::metrics::period_stats(pool, start, end).await?;
+    let counts = db::anomalies::severity_counts(pool, start, end).await?;
     let mut sev: HashMap<(String, String), i64> = HashMap::new();
     for (a, s, n) in counts {
         sev.insert((a, s), n);
@@ -269,11 +226,8 @@ pub async fn maybe_report(
         chrono::Duration::from_std(cfg.report_interval).unwrap_or(chrono::Duration::minutes(5));
     let settle = settle_time(db::endpoints::longest_timeout(pool).await?);
     let last = last_period_end_after(now, cfg.report_interval, settle);
-    let reported: Vec<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT period_end FROM status_reports WHERE period_end = ANY($1)")
-            .bind(vec![last - step * 2, last - step, last])
-            .fetch_all(pool)
-            .await?;
+    let reported =
+        db::status_reports::reported_among(pool, &[last - step * 2, last - step, last]).await?;
     // The previous period is caught up only when it was waiting for its
     // rows (the one before it was written): an alerter that starts, or
     // comes back after a while, reports from the last period on.
@@ -318,16 +272,7 @@ async fn write(
 ) -> anyhow::Result<bool> {
     let report = build_with_missing(pool, cfg, baselines, start, end, missing).await?;
     let mut tx = pool.begin().await?;
-    let claimed = sqlx::query(
-        "INSERT INTO status_reports (period_end, period_start) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(end)
-    .bind(start)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !claimed {
+    if !db::status_reports::claim(&mut tx, start, end).await? {
         tx.rollback().await?;
         return Ok(false);
     }

@@ -9,42 +9,15 @@ use alerter::config::AlerterConfig;
 use apimon_core::db::{self, metrics::MetricRow, notifications};
 use apimon_core::incidents::{Change, Evidence, Incident, Kind, State, Transition};
 use apimon_core::model::Severity;
-use apimon_core::{DbConfig, Env};
+use apimon_core::Env;
 use apimon_testkit::http::{HttpServer, Reply};
 use apimon_testkit::smtp::{Mail, SmtpServer};
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 
-struct Db {
-    url: String,
-    pool: PgPool,
-}
-
-async fn database(apis: &[&str]) -> Db {
-    let t = apimon_testkit::fresh_database().await;
-    let pool = db::connect(&DbConfig::from_url(&t.url).unwrap())
-        .await
-        .unwrap();
-    db::migrate(&pool).await.unwrap();
-    let toml: String = apis
-        .iter()
-        .map(|n| format!("[[api]]\nname = \"{n}\"\nurl = \"http://{n}.test/\"\n"))
-        .collect();
-    let eps = apimon_core::apis::parse(&toml, "test", &Env::default()).unwrap();
-    db::endpoints::upsert(&pool, &eps).await.unwrap();
-    // The tests' alerters report daily (ALERT_CHECK_INTERVAL=1d): the
-    // report of the day that closed before the test is taken as sent.
-    let end = alerter::report::last_period_end(Utc::now(), Duration::from_secs(86_400));
-    sqlx::query(
-        "INSERT INTO status_reports (period_end, period_start) VALUES ($1, $1 - interval '1 day')",
-    )
-    .bind(end)
-    .execute(&pool)
-    .await
-    .unwrap();
-    Db { url: t.url, pool }
-}
+mod helpers;
+use helpers::{database, Db};
 
 fn env(db: &Db, smtp: Option<&SmtpServer>, extra: &[(&str, String)]) -> AlerterConfig {
     let mut pairs: Vec<(&str, String)> = vec![

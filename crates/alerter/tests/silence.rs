@@ -8,30 +8,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use alerter::silence::Silencer;
-use apimon_core::db::{self, silences};
-use apimon_core::{DbConfig, Env};
+use apimon_core::db::silences;
 use chrono::Utc;
-use sqlx::PgPool;
 
-struct Db {
-    url: String,
-    pool: PgPool,
-}
-
-async fn database(apis: &[&str]) -> Db {
-    let t = apimon_testkit::fresh_database().await;
-    let pool = db::connect(&DbConfig::from_url(&t.url).unwrap())
-        .await
-        .unwrap();
-    db::migrate(&pool).await.unwrap();
-    let toml: String = apis
-        .iter()
-        .map(|n| format!("[[api]]\nname = \"{n}\"\nurl = \"http://api.test/\"\n"))
-        .collect();
-    let eps = apimon_core::apis::parse(&toml, "test", &Env::default()).unwrap();
-    db::endpoints::upsert(&pool, &eps).await.unwrap();
-    Db { url: t.url, pool }
-}
+mod helpers;
+use helpers::database;
 
 /// The binary with nothing but `PATH`, the database and `extra` in its
 /// environment (no channel settings at all), in a directory without `.env`

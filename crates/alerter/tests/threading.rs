@@ -10,7 +10,7 @@ use alerter::config::AlerterConfig;
 use apimon_core::db;
 use apimon_core::incidents::{Change, Evidence, Incident, Kind, State, Transition};
 use apimon_core::model::Severity;
-use apimon_core::{DbConfig, Env};
+use apimon_core::Env;
 use apimon_testkit::smtp::{Mail, SmtpServer};
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::PgPool;
@@ -19,34 +19,8 @@ use tokio::sync::oneshot;
 const WAIT: Duration = Duration::from_secs(20);
 const DOMAIN: &str = "example.test";
 
-struct Db {
-    url: String,
-    pool: PgPool,
-}
-
-async fn database(apis: &[&str]) -> Db {
-    let t = apimon_testkit::fresh_database().await;
-    let pool = db::connect(&DbConfig::from_url(&t.url).unwrap())
-        .await
-        .unwrap();
-    db::migrate(&pool).await.unwrap();
-    let toml: String = apis
-        .iter()
-        .map(|n| format!("[[api]]\nname = \"{n}\"\nurl = \"http://{n}.test/\"\n"))
-        .collect();
-    let eps = apimon_core::apis::parse(&toml, "test", &Env::default()).unwrap();
-    db::endpoints::upsert(&pool, &eps).await.unwrap();
-    // No status report during the test: the day's is taken as sent.
-    let end = alerter::report::last_period_end(Utc::now(), Duration::from_secs(86_400));
-    sqlx::query(
-        "INSERT INTO status_reports (period_end, period_start) VALUES ($1, $1 - interval '1 day')",
-    )
-    .bind(end)
-    .execute(&pool)
-    .await
-    .unwrap();
-    Db { url: t.url, pool }
-}
+mod helpers;
+use helpers::{database, Db};
 
 fn config(db: &Db, smtp: &SmtpServer, extra: &[(&str, &str)]) -> AlerterConfig {
     let mut pairs: Vec<(String, String)> = [

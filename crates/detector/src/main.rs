@@ -10,7 +10,7 @@ use apimon_core::config::CONFIG_EXIT_CODE;
 use apimon_core::features::ValueDomain;
 use apimon_core::{db, shutdown, telemetry, DbConfig, Env};
 use clap::{Parser, Subcommand};
-use detector::config::{self, DetectorConfig};
+use detector::config::DetectorConfig;
 use detector::replay::{self, Point, ReplayOptions};
 
 #[derive(Parser, Debug)]
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
             to,
             response_times,
         }) => {
-            let mut opts = match replay_options(&env) {
+            let mut opts = match ReplayOptions::from_env(&env) {
                 Ok(o) => o,
                 Err(e) => return config_error(e),
             };
@@ -123,15 +123,6 @@ fn main() -> ExitCode {
 fn config_error(e: apimon_core::ConfigError) -> ExitCode {
     eprintln!("detector: configuration error: {e}");
     ExitCode::from(CONFIG_EXIT_CODE as u8)
-}
-
-fn replay_options(env: &Env) -> Result<ReplayOptions, apimon_core::ConfigError> {
-    Ok(ReplayOptions {
-        params: config::model_params(env)?,
-        thresholds: config::thresholds(env)?,
-        policy: config::policy(env)?,
-        ..ReplayOptions::default()
-    })
 }
 
 async fn serve(cfg: DetectorConfig) -> anyhow::Result<()> {

@@ -55,6 +55,19 @@ pub struct ReplayOptions {
     pub api_name: String,
 }
 
+impl ReplayOptions {
+    /// The model, thresholds and training policy the service would use
+    /// with `env`; the other settings at their defaults.
+    pub fn from_env(env: &apimon_core::Env) -> Result<ReplayOptions, apimon_core::ConfigError> {
+        Ok(ReplayOptions {
+            params: crate::config::model_params(env)?,
+            thresholds: crate::config::thresholds(env)?,
+            policy: crate::config::policy(env)?,
+            ..ReplayOptions::default()
+        })
+    }
+}
+
 /// When `hour` and `weekday` enter the model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum TimeFeatures {

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use apimon_core::config::CONFIG_EXIT_CODE;
 use apimon_core::{telemetry, Env};
 use clap::Parser;
-use detector::config;
 use detector::replay::ReplayOptions;
 
 #[derive(Parser, Debug)]
@@ -41,7 +40,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let opts = match Env::load()
         .and_then(|env| telemetry::try_init().map(|()| env))
-        .and_then(|env| replay_options(&env))
+        .and_then(|env| ReplayOptions::from_env(&env))
     {
         Ok(o) => o,
         Err(e) => return usage_error(format!("configuration error: {e}")),
@@ -75,13 +74,4 @@ fn main() -> ExitCode {
 fn usage_error(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("nab-eval: {message}");
     ExitCode::from(CONFIG_EXIT_CODE as u8)
-}
-
-fn replay_options(env: &Env) -> Result<ReplayOptions, apimon_core::ConfigError> {
-    Ok(ReplayOptions {
-        params: config::model_params(env)?,
-        thresholds: config::thresholds(env)?,
-        policy: config::policy(env)?,
-        ..ReplayOptions::default()
-    })
 }

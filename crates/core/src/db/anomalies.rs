@@ -139,3 +139,20 @@ pub async fn for_api(pool: &PgPool, api_name: &str) -> Result<Vec<AnomalyRow>, s
     .fetch_all(pool)
     .await
 }
+
+/// Anomalies in `[start, end)` by API and severity: `(api, severity, count)`.
+#[tracing::instrument(skip_all)]
+pub async fn severity_counts(
+    pool: &PgPool,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        r#"SELECT api_name, severity, count(*) FROM anomalies
+           WHERE "timestamp" >= $1 AND "timestamp" < $2 GROUP BY 1, 2"#,
+    )
+    .bind(start)
+    .bind(end)
+    .fetch_all(pool)
+    .await
+}

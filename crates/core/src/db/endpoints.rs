@@ -58,3 +58,27 @@ pub async fn names(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
         .fetch_all(pool)
         .await
 }
+
+/// The APIs being checked (a row or a registration at or after
+/// `active_since`) with no row at or after `end` yet: their rows up to
+/// `end` have not all arrived.
+#[tracing::instrument(skip_all)]
+pub async fn not_arrived(
+    pool: &PgPool,
+    end: chrono::DateTime<chrono::Utc>,
+    active_since: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"SELECT e.api_name FROM api_endpoints e
+           WHERE (e.updated_at >= $2
+                  OR EXISTS (SELECT 1 FROM api_metrics m
+                             WHERE m.api_name = e.api_name AND m."timestamp" >= $2))
+             AND NOT EXISTS (SELECT 1 FROM api_metrics m
+                             WHERE m.api_name = e.api_name AND m."timestamp" >= $1)
+           ORDER BY 1"#,
+    )
+    .bind(end)
+    .bind(active_since)
+    .fetch_all(pool)
+    .await
+}

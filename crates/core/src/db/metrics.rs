@@ -192,3 +192,72 @@ pub async fn before_watermarks(
     .fetch_all(pool)
     .await
 }
+
+/// One API's checks over a period: name, checks, successes, mean and p95
+/// of the successes' response times, and whether a `down` / `slow`
+/// incident was open at the period's end.
+pub type PeriodStats = (String, i64, i64, Option<f64>, Option<f64>, bool, bool);
+
+/// [`PeriodStats`] of every registered API over `[start, end)`, by name.
+#[tracing::instrument(skip_all)]
+pub async fn period_stats(
+    pool: &PgPool,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Vec<PeriodStats>, sqlx::Error> {
+    sqlx::query_as(
+        r#"SELECT e.api_name,
+                  count(m.success) AS checks,
+                  count(*) FILTER (WHERE m.success) AS ok,
+                  avg(m.response_time_ms) FILTER (WHERE m.success),
+                  percentile_cont(0.95) WITHIN GROUP (ORDER BY m.response_time_ms)
+                      FILTER (WHERE m.success),
+                  EXISTS (SELECT 1 FROM incidents i WHERE i.api_name = e.api_name
+                          AND i.kind = 'down' AND i.opened_at < $2
+                          AND (i.resolved_at IS NULL OR i.resolved_at >= $2)),
+                  EXISTS (SELECT 1 FROM incidents i WHERE i.api_name = e.api_name
+                          AND i.kind = 'slow' AND i.opened_at < $2
+                          AND (i.resolved_at IS NULL OR i.resolved_at >= $2))
+           FROM api_endpoints e
+           LEFT JOIN api_metrics m
+                  ON m.api_name = e.api_name AND m."timestamp" >= $1 AND m."timestamp" < $2
+           GROUP BY e.api_name
+           ORDER BY e.api_name"#,
+    )
+    .bind(start)
+    .bind(end)
+    .fetch_all(pool)
+    .await
+}
+
+/// One API's usual response times: name, mean and p95 (ms).
+pub type BaselineStats = (String, Option<f64>, Option<f64>);
+
+/// Mean and p95 response time of the successful checks in `[from, until)`
+/// of each API (or of `api` alone), leaving out the checks that belong to
+/// an incident (from its first bad check to its recovery, or still open).
+#[tracing::instrument(skip_all)]
+pub async fn baselines(
+    pool: &PgPool,
+    api: Option<&str>,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<BaselineStats>, sqlx::Error> {
+    sqlx::query_as(
+        r#"SELECT api_name, avg(response_time_ms),
+                  percentile_cont(0.95) WITHIN GROUP (ORDER BY response_time_ms)
+           FROM api_metrics m
+           WHERE "timestamp" >= $1 AND "timestamp" < $3 AND success
+             AND response_time_ms IS NOT NULL AND ($2::text IS NULL OR api_name = $2)
+             AND NOT EXISTS (
+                 SELECT 1 FROM incidents i
+                 WHERE i.api_name = m.api_name AND m."timestamp" >= i.started_at
+                   AND m."timestamp" < COALESCE(i.recovered_at, i.resolved_at, 'infinity'))
+           GROUP BY api_name"#,
+    )
+    .bind(from)
+    .bind(api)
+    .bind(until)
+    .fetch_all(pool)
+    .await
+}

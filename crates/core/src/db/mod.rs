@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod models;
 pub mod notifications;
 pub mod silences;
+pub mod status_reports;
 pub mod watermarks;
 
 use std::fmt;
