@@ -17,6 +17,8 @@
 //! checks up to the end are then in. An API whose rows have still not come
 //! one report interval after the end is reported as **data missing**, with
 //! the checks that did arrive; never as healthy.
+//!
+//! Endpoints removed from the configuration (retired) are not reported.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -82,7 +84,8 @@ const EXPECTED_WITHIN: chrono::Duration = chrono::Duration::hours(1);
 pub async fn not_arrived(pool: &PgPool, end: DateTime<Utc>) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         r#"SELECT e.api_name FROM api_endpoints e
-           WHERE (e.updated_at >= $2
+           WHERE e.retired_at IS NULL
+             AND (e.updated_at >= $2
                   OR EXISTS (SELECT 1 FROM api_metrics m
                              WHERE m.api_name = e.api_name AND m."timestamp" >= $2))
              AND NOT EXISTS (SELECT 1 FROM api_metrics m
@@ -160,6 +163,7 @@ async fn build_with_missing(
            FROM api_endpoints e
            LEFT JOIN api_metrics m
                   ON m.api_name = e.api_name AND m."timestamp" >= $1 AND m."timestamp" < $2
+           WHERE e.retired_at IS NULL
            GROUP BY e.api_name
            ORDER BY e.api_name"#,
     )

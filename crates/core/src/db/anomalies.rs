@@ -139,3 +139,22 @@ pub async fn for_api(pool: &PgPool, api_name: &str) -> Result<Vec<AnomalyRow>, s
     .fetch_all(pool)
     .await
 }
+
+/// Retention on plain PostgreSQL: deletes up to `limit` anomalies observed
+/// before `before`. Returns how many. (On TimescaleDB a retention policy
+/// drops whole chunks instead: see [`super::apply_retention`].)
+pub async fn delete_batch_before(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        r#"DELETE FROM anomalies WHERE ctid = ANY(ARRAY(
+               SELECT ctid FROM anomalies WHERE "timestamp" < $1 LIMIT $2))"#,
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}

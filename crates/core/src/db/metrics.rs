@@ -192,3 +192,22 @@ pub async fn before_watermarks(
     .fetch_all(pool)
     .await
 }
+
+/// Retention on plain PostgreSQL: deletes up to `limit` checks older than
+/// `before`. Returns how many. (On TimescaleDB a retention policy drops
+/// whole chunks instead: see [`super::apply_retention`].)
+pub async fn delete_batch_before(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        r#"DELETE FROM api_metrics WHERE ctid = ANY(ARRAY(
+               SELECT ctid FROM api_metrics WHERE "timestamp" < $1 LIMIT $2))"#,
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
