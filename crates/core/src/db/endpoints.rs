@@ -90,16 +90,15 @@ pub async fn delete_retired_batch(
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
+    super::delete_batch(
+        pool,
         r#"DELETE FROM api_endpoints WHERE api_name = ANY(ARRAY(
                SELECT e.api_name FROM api_endpoints e
                WHERE e.retired_at < $1
                  AND NOT EXISTS (SELECT 1 FROM api_metrics m WHERE m.api_name = e.api_name)
                LIMIT $2))"#,
+        before,
+        limit,
     )
-    .bind(before)
-    .bind(limit)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected())
+    .await
 }

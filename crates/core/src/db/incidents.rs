@@ -244,17 +244,16 @@ pub async fn delete_resolved_batch(
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
+    super::delete_batch(
+        pool,
         r#"DELETE FROM incidents WHERE id = ANY(ARRAY(
                SELECT i.id FROM incidents i
                WHERE i.state = 'resolved' AND i.resolved_at < $1
                  AND NOT EXISTS (SELECT 1 FROM incident_events e
                                  WHERE e.incident_id = i.id AND e.handled_at IS NULL)
                ORDER BY i.id LIMIT $2))"#,
+        before,
+        limit,
     )
-    .bind(before)
-    .bind(limit)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected())
+    .await
 }

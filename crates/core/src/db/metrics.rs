@@ -201,13 +201,12 @@ pub async fn delete_batch_before(
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
+    super::delete_batch(
+        pool,
         r#"DELETE FROM api_metrics WHERE ctid = ANY(ARRAY(
                SELECT ctid FROM api_metrics WHERE "timestamp" < $1 LIMIT $2))"#,
+        before,
+        limit,
     )
-    .bind(before)
-    .bind(limit)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected())
+    .await
 }

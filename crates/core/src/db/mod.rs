@@ -277,6 +277,23 @@ pub async fn backend(pool: &PgPool) -> Result<Backend, sqlx::Error> {
     })
 }
 
+/// Runs one retention batch: `sql` is a DELETE that binds the cutoff as
+/// `$1` and the most rows it may delete as `$2`. Returns how many it
+/// deleted.
+async fn delete_batch(
+    pool: &PgPool,
+    sql: &'static str,
+    before: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(sql)
+        .bind(before)
+        .bind(limit)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected())
+}
+
 /// Keeps `RETENTION_DAYS` of data on TimescaleDB: (re)sets the retention
 /// policies of both hypertables. On plain PostgreSQL it does nothing: the
 /// services' retention tasks delete old rows in batches

@@ -159,16 +159,15 @@ pub async fn delete_retired_batch(
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
+    super::delete_batch(
+        pool,
         r#"DELETE FROM models WHERE api_name = ANY(ARRAY(
                SELECT m.api_name FROM models m
                LEFT JOIN api_endpoints e ON e.api_name = m.api_name
                WHERE e.retired_at < $1 OR (e.api_name IS NULL AND m.trained_at < $1)
                LIMIT $2))"#,
+        before,
+        limit,
     )
-    .bind(before)
-    .bind(limit)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected())
+    .await
 }

@@ -169,7 +169,8 @@ pub async fn delete_done_batch(
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
+    super::delete_batch(
+        pool,
         r#"DELETE FROM notifications WHERE id = ANY(ARRAY(
                SELECT n.id FROM notifications n
                WHERE n.created_at < $1 AND n.state <> 'pending'
@@ -181,10 +182,8 @@ pub async fn delete_done_batch(
                      JOIN incidents i ON i.id::text = e ->> 'id'
                      WHERE i.state <> 'resolved'))
                ORDER BY n.id LIMIT $2))"#,
+        before,
+        limit,
     )
-    .bind(before)
-    .bind(limit)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected())
+    .await
 }

@@ -157,17 +157,16 @@ pub async fn delete_ended_before(
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
+    super::delete_batch(
+        pool,
         "DELETE FROM silences WHERE id = ANY(ARRAY(
              SELECT id FROM silences
              WHERE ends_at < $1 OR expired_at < $1
              ORDER BY id LIMIT $2))",
+        before,
+        limit,
     )
-    .bind(before)
-    .bind(limit)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected())
+    .await
 }
 
 #[cfg(test)]

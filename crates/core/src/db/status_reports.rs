@@ -11,14 +11,13 @@ pub async fn delete_batch_before(
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
+    super::delete_batch(
+        pool,
         "DELETE FROM status_reports WHERE period_end = ANY(ARRAY(
              SELECT period_end FROM status_reports WHERE period_end < $1
              ORDER BY period_end LIMIT $2))",
+        before,
+        limit,
     )
-    .bind(before)
-    .bind(limit)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected())
+    .await
 }

@@ -124,16 +124,15 @@ pub async fn delete_retired_batch(
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
+    super::delete_batch(
+        pool,
         r#"DELETE FROM detector_watermarks WHERE api_name = ANY(ARRAY(
                SELECT w.api_name FROM detector_watermarks w
                LEFT JOIN api_endpoints e ON e.api_name = w.api_name
                WHERE e.retired_at < $1 OR (e.api_name IS NULL AND w.updated_at < $1)
                LIMIT $2))"#,
+        before,
+        limit,
     )
-    .bind(before)
-    .bind(limit)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected())
+    .await
 }
