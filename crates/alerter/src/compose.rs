@@ -132,6 +132,18 @@ fn incident_rows(event: Event, i: &Item, now: DateTime<Utc>) -> Vec<(&'static st
             "Open for",
             duration(now.signed_duration_since(i.started_at)),
         )),
+        Event::Resolve if i.retired => {
+            let end = i.resolved_at.unwrap_or(now);
+            rows.push((
+                "Ended",
+                format!(
+                    "{} (the endpoint was removed from the configuration at {}; \
+                     it is no longer checked)",
+                    duration(end.signed_duration_since(i.started_at)),
+                    when(end)
+                ),
+            ));
+        }
         Event::Resolve => {
             let end = i.recovered_at.or(i.resolved_at).unwrap_or(now);
             rows.push((
@@ -196,6 +208,10 @@ pub fn notice_subject(n: &Notice) -> String {
             i.kind,
             i.api_name,
             duration(now.signed_duration_since(i.started_at))
+        ),
+        (Event::Resolve, [i]) if i.retired => format!(
+            "[apimon] RESOLVED: {} {} (endpoint removed from the configuration)",
+            i.api_name, i.kind
         ),
         (Event::Resolve, [i]) => format!(
             "[apimon] RESOLVED: {} {} after {}",
@@ -278,6 +294,7 @@ pub fn notice(n: &Notice, dashboard: &str) -> Message {
                 "reason": i.reason,
                 "evidence": i.evidence,
                 "flaps": i.flaps,
+                "resolution": i.retired.then_some("retired"),
             })).collect::<Vec<_>>(),
             "dashboard": link,
         }),
@@ -597,6 +614,7 @@ mod tests {
                 ..Default::default()
             },
             flaps: 1,
+            retired: false,
         }
     }
 
@@ -665,6 +683,28 @@ mod tests {
             "http://g",
         );
         assert_eq!(m.subject, "[apimon] Still down: a (for 4h 0m)");
+    }
+
+    #[test]
+    fn the_end_of_an_incident_whose_endpoint_was_removed_says_so_not_recovered() {
+        let mut i = item("a", Kind::Down);
+        i.recovered_at = None;
+        i.retired = true;
+        let m = notice(&notice_of(Event::Resolve, vec![i]), "http://g");
+        assert_eq!(
+            m.subject,
+            "[apimon] RESOLVED: a down (endpoint removed from the configuration)"
+        );
+        assert!(
+            m.text.contains(
+                "Ended: 9m 45s (the endpoint was removed from the configuration at \
+                 2026-11-25 10:09:45 UTC; it is no longer checked)"
+            ),
+            "{}",
+            m.text
+        );
+        assert!(!m.text.contains("recovered"), "{}", m.text);
+        assert_eq!(m.payload["incidents"][0]["resolution"], "retired");
     }
 
     #[test]

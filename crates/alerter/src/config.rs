@@ -177,6 +177,12 @@ pub struct AlerterConfig {
     /// the `[[maintenance]]` entries of the endpoints file (`APIS_FILE`;
     /// none when it is unset and `./apis.toml` does not exist).
     pub maintenance: Vec<MaintenanceWindow>,
+    /// Days of status reports and ended silences kept (`RETENTION_DAYS`).
+    pub retention_days: u32,
+    /// Days of sent (or failed) notifications kept
+    /// (`NOTIFICATIONS_RETENTION_DAYS`, 14): each holds a whole email, text
+    /// and HTML, and a status report of many APIs is large.
+    pub notifications_retention_days: u32,
 }
 
 impl AlerterConfig {
@@ -247,6 +253,12 @@ impl AlerterConfig {
             shutdown_grace: env.duration_or("SHUTDOWN_GRACE", Duration::from_secs(10))?,
             http: apimon_core::health::http_addr(env, "alerter", 9103)?,
             maintenance: maintenance(env, Path::new(DEFAULT_APIS_FILE))?,
+            retention_days: env.retention_days()?,
+            notifications_retention_days: env.int_in(
+                "NOTIFICATIONS_RETENTION_DAYS",
+                14u32,
+                1..=36_500,
+            )?,
         })
     }
 }

@@ -65,6 +65,9 @@ pub struct Item {
     pub reason: String,
     pub evidence: Evidence,
     pub flaps: i32,
+    /// It ended because its endpoint was removed from the configuration
+    /// (retired), not because the API recovered.
+    pub retired: bool,
 }
 
 impl Item {
@@ -81,6 +84,7 @@ impl Item {
             reason: r.reason.clone(),
             evidence: r.evidence(),
             flaps: r.flaps,
+            retired: r.resolution.as_deref() == Some("retired"),
         })
     }
 }

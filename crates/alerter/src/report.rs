@@ -17,6 +17,8 @@
 //! checks up to the end are then in. An API whose rows have still not come
 //! one report interval after the end is reported as **data missing**, with
 //! the checks that did arrive; never as healthy.
+//!
+//! Endpoints removed from the configuration (retired) are not reported.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use apimon_core::db::{self, notifications};
 use apimon_core::health::Health;
 use apimon_core::listen::Listener;
+use apimon_core::retention::{self, Rule, Table};
 use chrono::Utc;
 use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
@@ -18,6 +19,18 @@ use crate::channels::Sender;
 use crate::config::AlerterConfig;
 use crate::dispatch;
 use crate::report;
+
+/// The tables the alerter keeps a bounded history of: notifications done
+/// with (`NOTIFICATIONS_RETENTION_DAYS`), status report periods and ended
+/// silences (`RETENTION_DAYS`). Run by a task of its own beside the
+/// decision and delivery loops.
+pub fn retention_rules(cfg: &AlerterConfig) -> Vec<Rule> {
+    vec![
+        Rule::new(Table::Notifications, cfg.notifications_retention_days),
+        Rule::new(Table::StatusReports, cfg.retention_days),
+        Rule::new(Table::Silences, cfg.retention_days),
+    ]
+}
 
 /// Runs until `shutdown` completes.
 pub async fn run(
@@ -53,6 +66,12 @@ pub async fn run_with_health(
         cfg.clone(),
         sender,
         wake_delivery.clone(),
+        stop_rx.clone(),
+    ));
+    let retention_task = tokio::spawn(retention::run(
+        pool.clone(),
+        retention_rules(&cfg),
+        retention::Settings::default(),
         stop_rx,
     ));
 
@@ -83,6 +102,7 @@ pub async fn run_with_health(
     let _ = stop_tx.send(true);
     wake_delivery.notify_one();
     let _ = tokio::time::timeout(cfg.shutdown_grace, delivery).await;
+    let _ = tokio::time::timeout(cfg.shutdown_grace, retention_task).await;
     tracing::info!("alerter stopped");
     Ok(())
 }

@@ -1178,3 +1178,261 @@ async fn a_paged_incident_gets_its_resolution_even_if_a_silence_began_since() {
     assert_eq!(pages(&smtp.mails()).len(), 2);
     run.stop().await;
 }
+
+/// What the pinger does at start with a file listing only `names`: the
+/// other endpoints are retired.
+async fn configure(pool: &PgPool, names: &[&str]) {
+    let toml: String = names
+        .iter()
+        .map(|n| format!("[[api]]\nname = \"{n}\"\nurl = \"http://{n}.test/\"\n"))
+        .collect();
+    let eps = apimon_core::apis::parse(&toml, "test", &Env::default()).unwrap();
+    db::endpoints::sync(pool, &eps).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retired_endpoint_is_left_out_of_reports_so_a_healthy_period_sends_none() {
+    let db = database(&["steady", "removed"]).await;
+    let cfg = env(
+        &db,
+        None,
+        &[
+            ("ALERT_CHECK_INTERVAL", "300".into()),
+            ("STATUS_REPORT_WHEN_HEALTHY", "false".into()),
+        ],
+    );
+    let (begin, end) = five_minute_period(&db).await;
+    let mut baselines = alerter::baseline::Baselines::new(cfg.baseline_window);
+    // "removed" was checked until an hour ago, then left the file.
+    let mut rows = checks("steady", begin, 21, 100.0);
+    rows.extend(checks(
+        "removed",
+        begin - chrono::Duration::hours(1),
+        10,
+        100.0,
+    ));
+    db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
+    configure(&db.pool, &["steady"]).await;
+
+    let report = alerter::report::build(&db.pool, &cfg, &mut baselines, begin, end)
+        .await
+        .unwrap();
+    let listed: Vec<&str> = report.rows.iter().map(|r| r.api_name.as_str()).collect();
+    assert_eq!(listed, ["steady"]);
+    assert!(alerter::report::not_arrived(&db.pool, end)
+        .await
+        .unwrap()
+        .is_empty());
+    // The period is written at once (nothing waited for), and all healthy:
+    // STATUS_REPORT_WHEN_HEALTHY=false holds it back.
+    let at = end + chrono::Duration::seconds(10);
+    assert!(
+        alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, at)
+            .await
+            .unwrap()
+    );
+    assert!(queued_report(&db.pool, end).await.is_none());
+}
+
+#[tokio::test]
+async fn a_paged_outage_of_an_endpoint_removed_from_the_config_ends_with_one_resolution_saying_so()
+{
+    let db = database(&["api", "other"]).await;
+    let smtp = SmtpServer::start().await;
+    let run = start(env(&db, Some(&smtp), &[]));
+    open_down(
+        &db.pool,
+        "api",
+        Utc::now() - chrono::Duration::seconds(20),
+        "connect: refused",
+    )
+    .await;
+    smtp.wait_for(WAIT, |m| !with_subject(m, "DOWN: api").is_empty())
+        .await;
+
+    // Removed from the file while down; the detector closes the incident.
+    configure(&db.pool, &["other"]).await;
+    let mut tx = db.pool.begin().await.unwrap();
+    let closed = db::incidents::close_retired(&mut tx, &["api".to_string()])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(closed, ["api"]);
+
+    let subject_line = "[apimon] RESOLVED: api down (endpoint removed from the configuration)";
+    let mails = smtp
+        .wait_for(WAIT, |m| !with_subject(m, subject_line).is_empty())
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    run.stop().await;
+    let resolved = with_subject(&mails, "RESOLVED");
+    assert_eq!(resolved.len(), 1, "one resolution");
+    let text = mailparse::parse_mail(resolved[0].data.as_bytes())
+        .unwrap()
+        .subparts
+        .iter()
+        .find(|p| p.ctype.mimetype == "text/plain")
+        .unwrap()
+        .get_body()
+        .unwrap();
+    assert!(
+        text.contains("the endpoint was removed from the configuration at "),
+        "{text}"
+    );
+    assert!(!text.contains("recovered at"), "{text}");
+    let state: (String, Option<String>) =
+        sqlx::query_as("SELECT state, resolution FROM incidents WHERE api_name = 'api'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(state, ("resolved".to_string(), Some("retired".to_string())));
+}
+
+/// A notification row as the outbox holds it, created `days` days ago.
+async fn notification(
+    pool: &PgPool,
+    key: &str,
+    kind: &str,
+    state: &str,
+    days: i64,
+    payload: serde_json::Value,
+) {
+    sqlx::query(
+        "INSERT INTO notifications (kind, channel, dedup_key, subject, body_text, payload, state, created_at)
+         VALUES ($1, 'email', $2, 's', 't', $3, $4, now() - make_interval(days => $5::int))",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(payload)
+    .bind(state)
+    .bind(days as i32)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_alerters_retention_deletes_old_notifications_reports_and_silences_only() {
+    let db = database(&["api"]).await;
+    let cfg = env(&db, None, &[("RETENTION_DAYS", "90".into())]);
+    assert_eq!(cfg.notifications_retention_days, 14);
+    let open = open_down(
+        &db.pool,
+        "open-api",
+        Utc::now() - chrono::Duration::days(20),
+        "x",
+    )
+    .await;
+    let _ = open;
+    let open_id: i64 = sqlx::query_scalar("SELECT id FROM incidents WHERE api_name = 'open-api'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let none = serde_json::json!({});
+    for i in 0..7 {
+        notification(
+            &db.pool,
+            &format!("old-sent-{i}"),
+            "report",
+            "sent",
+            15,
+            none.clone(),
+        )
+        .await;
+    }
+    notification(&db.pool, "old-failed", "report", "failed", 15, none.clone()).await;
+    notification(
+        &db.pool,
+        "old-pending",
+        "report",
+        "pending",
+        15,
+        none.clone(),
+    )
+    .await;
+    notification(&db.pool, "recent-sent", "report", "sent", 13, none.clone()).await;
+    notification(
+        &db.pool,
+        "old-opening-of-open-incident",
+        "incident_open",
+        "sent",
+        20,
+        serde_json::json!({"incidents": [{"id": open_id}]}),
+    )
+    .await;
+    for (end_days, n) in [(100, 3), (10, 1)] {
+        for k in 0..n {
+            sqlx::query(
+                "INSERT INTO status_reports (period_end, period_start)
+                 VALUES (now() - make_interval(days => $1::int, mins => $2::int),
+                         now() - make_interval(days => $1::int, mins => $2::int + 5))",
+            )
+            .bind(end_days)
+            .bind(k * 5)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        }
+    }
+    let t = Utc::now();
+    for (pattern, from, to) in [
+        ("ended-long-ago", 120, 100),
+        ("ended-recently", 20, 10),
+        ("active", 1, -1),
+    ] {
+        db::silences::add(
+            &db.pool,
+            pattern,
+            t - chrono::Duration::days(from),
+            t - chrono::Duration::days(to),
+            "ops",
+            "test",
+        )
+        .await
+        .unwrap();
+    }
+
+    let settings = apimon_core::retention::Settings {
+        batch_size: 3,
+        pause: Duration::from_millis(1),
+        ..Default::default()
+    };
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let report = apimon_core::retention::pass(
+        &db.pool,
+        &alerter::service::retention_rules(&cfg),
+        &settings,
+        &stop,
+    )
+    .await
+    .unwrap();
+
+    let of = |table: &str| report.iter().find(|d| d.table == table).unwrap().clone();
+    let n = of("notifications");
+    assert_eq!((n.rows, n.statements, n.largest), (8, 3, 3), "3 + 3 + 2");
+    let keys: Vec<String> = sqlx::query_scalar("SELECT dedup_key FROM notifications ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys,
+        ["old-pending", "recent-sent", "old-opening-of-open-incident"]
+    );
+    assert_eq!(of("status_reports").rows, 3);
+    let reports: i64 = sqlx::query_scalar("SELECT count(*) FROM status_reports")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        reports, 2,
+        "the recent one and the one the test database began with"
+    );
+    assert_eq!(of("silences").rows, 1);
+    let patterns: Vec<String> = db::silences::list(&db.pool, true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.api_pattern)
+        .collect();
+    assert_eq!(patterns, ["ended-recently", "active"]);
+}

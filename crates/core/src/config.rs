@@ -126,6 +126,12 @@ impl Env {
         }
     }
 
+    /// Days of data kept (`RETENTION_DAYS`, 90), read by every service
+    /// for the tables it writes (see `crate::retention`).
+    pub fn retention_days(&self) -> Result<u32, ConfigError> {
+        self.int_in("RETENTION_DAYS", 90u32, 1..=36_500)
+    }
+
     /// A duration (`15`, `15s`, `500ms`, `2m`, `1h`; a bare number is
     /// seconds), or `default` when unset.
     pub fn duration_or(&self, key: &str, default: Duration) -> Result<Duration, ConfigError> {

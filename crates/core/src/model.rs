@@ -678,8 +678,9 @@ pub enum Place {
 }
 
 /// The standardised range of everything a model has seen (see
-/// [`Model::score_seen`]).
-#[derive(Debug, Clone, PartialEq)]
+/// [`Model::score_seen`]). Serialisable: the detector saves it with its
+/// watermark, so that a restart does not flag a level already flagged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeenRange {
     /// Everything seen (metrics other than response times).
     lo: [f64; N_FEATURES],

@@ -250,13 +250,23 @@ async fn the_original_sample_grafana_queries_run_unchanged() {
 async fn retention_deletes_old_rows_on_plain_postgres() {
     let pool = migrated_pool().await;
     let backend = db::backend(&pool).await.unwrap();
+    assert!(!backend.is_timescale());
     let now = Utc::now().trunc_subsecs(6);
     let rows = vec![
         row("a", now - Duration::days(100), Some(1.0)),
         row("a", now - Duration::days(10), Some(2.0)),
     ];
     db::metrics::insert_batch(&pool, &rows).await.unwrap();
-    assert_eq!(db::apply_retention(&pool, &backend, 90).await.unwrap(), 1);
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let rules = [apimon_core::retention::Rule::new(
+        apimon_core::retention::Table::ApiMetrics,
+        90,
+    )];
+    let settings = apimon_core::retention::Settings::default();
+    let deleted = apimon_core::retention::pass(&pool, &rules, &settings, &stop)
+        .await
+        .unwrap();
+    assert_eq!(deleted[0].rows, 1);
     let left = db::metrics::for_api(&pool, "a").await.unwrap();
     assert_eq!(left, vec![rows[1].clone()]);
 }

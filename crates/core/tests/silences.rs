@@ -145,7 +145,7 @@ async fn retention_deletes_silences_that_ended_before_the_cutoff() {
     )
     .await
     .unwrap();
-    let n = silences::delete_ended_before(&pool, t - Duration::days(90))
+    let n = silences::delete_ended_before(&pool, t - Duration::days(90), 100)
         .await
         .unwrap();
     assert_eq!(n, 1);

@@ -79,6 +79,8 @@ pub struct DetectorConfig {
     pub http: Option<std::net::SocketAddr>,
     /// The incident rules run on every scored check (`ALERT_DOWN_AFTER`…).
     pub incidents: IncidentPolicy,
+    /// Days of anomalies and resolved incidents kept (`RETENTION_DAYS`).
+    pub retention_days: u32,
 }
 
 impl DetectorConfig {
@@ -98,6 +100,7 @@ impl DetectorConfig {
             shutdown_grace: env.duration_or("SHUTDOWN_GRACE", Duration::from_secs(10))?,
             http: apimon_core::health::http_addr(env, "detector", 9102)?,
             incidents: IncidentPolicy::from_env(env)?,
+            retention_days: env.retention_days()?,
         })
     }
 }

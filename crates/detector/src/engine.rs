@@ -587,6 +587,34 @@ mod tests {
     }
 
     #[test]
+    fn what_a_model_has_seen_read_back_from_json_scores_as_if_never_interrupted() {
+        // Twenty checks at ten times the usual level: the first ones are
+        // critical, then the level has been seen.
+        let (mut d, i) = trained(600, 100.0, 10.0);
+        run(&mut d, i, 30, 100.0);
+        let level = run(&mut d, i + 30, 20, 1000.0);
+        assert_eq!(level[0], Some(Severity::Critical));
+        let json = serde_json::to_value(&d.seen).unwrap();
+        let mut restored = d.clone();
+        restored.seen = serde_json::from_value(json).unwrap();
+        let mut forgot = d.clone();
+        forgot.seen = None;
+
+        let next = i + 50;
+        let uninterrupted = d.observe(t(next), Some(1000.0), true, &Thresholds::default());
+        let after_restore = restored.observe(t(next), Some(1000.0), true, &Thresholds::default());
+        let after_forgetting = run(&mut forgot, next, 1, 1000.0);
+
+        assert_eq!(after_restore, uninterrupted, "bit for bit");
+        assert_ne!(uninterrupted.unwrap().severity, Some(Severity::Critical));
+        assert_eq!(
+            after_forgetting,
+            [Some(Severity::Critical)],
+            "why it is saved"
+        );
+    }
+
+    #[test]
     fn the_same_checks_score_bit_identically_in_two_runs() {
         let th = Thresholds::default();
         let scores = || {

@@ -10,7 +10,7 @@ use apimon_core::db;
 use apimon_core::features::ValueDomain;
 use apimon_core::features::{compute_series, N_FEATURES};
 use apimon_core::model::{ignored_features, model_seed, Model, TrainingSpec};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 
@@ -87,7 +87,10 @@ impl Trainer {
 
     #[tracing::instrument(skip(self), fields(api = %api))]
     async fn train(&mut self, api: &str) -> Result<(), sqlx::Error> {
-        let now = Utc::now();
+        // In the database's precision: the model read back after a restart
+        // is the same model (same version and training time), so what it
+        // had seen is still its own (`ApiDetector::seen`).
+        let now = Utc::now().trunc_subsecs(6);
         let rows =
             db::metrics::series_since(&self.pool, api, window_start(now, self.cfg.policy.window))
                 .await?;

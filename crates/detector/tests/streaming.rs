@@ -304,3 +304,67 @@ async fn the_binary_serves_healthz_and_metrics() {
         .unwrap();
     assert!(status.success());
 }
+
+/// The severities of the anomalies of `api` at `times` (`None`: no
+/// anomaly).
+async fn severities(pool: &PgPool, api: &str, times: &[DateTime<Utc>]) -> Vec<Option<String>> {
+    let all = db::anomalies::for_api(pool, api).await.unwrap();
+    times
+        .iter()
+        .map(|t| {
+            all.iter()
+                .find(|a| a.timestamp == *t)
+                .map(|a| a.severity.clone())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_detector_does_not_flag_again_a_level_it_already_flagged() {
+    let d = database().await;
+    register(&d.pool, &["api"]).await;
+    let hist = history("api", 300, 42);
+    db::metrics::insert_batch(&d.pool, &hist).await.unwrap();
+    let cfg = config(&d.url, &[]);
+    let run = start(cfg.clone(), &d.url);
+    let last = hist.last().unwrap().timestamp;
+    wait_for("a first model and the history scored", || async {
+        scalar(&d.pool, "SELECT count(*) FROM models").await == 1
+            && watermark(&d.pool, "api").await == Some(last)
+    })
+    .await;
+    // The API moves to a new level: its first checks there are critical.
+    let level: Vec<MetricRow> = (1..=LEVEL_CHECKS)
+        .map(|i| row("api", last + chrono::Duration::seconds(i), Some(LEVEL_MS)))
+        .collect();
+    db::metrics::insert_batch(&d.pool, &level).await.unwrap();
+    let end = level.last().unwrap().timestamp;
+    wait_for("the level scored", || async {
+        watermark(&d.pool, "api").await == Some(end)
+    })
+    .await;
+    let first = severities(&d.pool, "api", &[level[0].timestamp]).await;
+    assert_eq!(first, [Some("critical".to_string())]);
+    run.stop().await;
+
+    // A new detector process reads what the model had seen with the
+    // watermark: the same level is not flagged critical again.
+    let run = start(cfg, &d.url);
+    let next = row("api", end + chrono::Duration::seconds(1), Some(LEVEL_MS));
+    db::metrics::insert_batch(&d.pool, std::slice::from_ref(&next))
+        .await
+        .unwrap();
+    wait_for("the next check scored", || async {
+        watermark(&d.pool, "api").await == Some(next.timestamp)
+    })
+    .await;
+    run.stop().await;
+    let again = severities(&d.pool, "api", &[next.timestamp]).await;
+    assert_ne!(again, [Some("critical".to_string())], "flagged again");
+    assert_eq!(scalar(&d.pool, "SELECT max(version) FROM models").await, 1);
+}
+
+/// The new level of that test, and how many checks it lasts before the
+/// restart.
+const LEVEL_MS: f64 = 1000.0;
+const LEVEL_CHECKS: i64 = 20;

@@ -62,7 +62,7 @@ impl PingerConfig {
         }
         let batch_size = env.int_in("PINGER_BATCH_SIZE", 5_000usize, 1..=100_000)?;
         let shutdown_grace = env.duration_or("SHUTDOWN_GRACE", Duration::from_secs(10))?;
-        let retention_days = env.int_in("RETENTION_DAYS", 90u32, 1..=36_500)?;
+        let retention_days = env.retention_days()?;
         let user_agent = env
             .get("PINGER_USER_AGENT")
             .unwrap_or(concat!("apimon-pinger/", env!("CARGO_PKG_VERSION")))

@@ -5,7 +5,8 @@
 //! delays nobody else, and at most one of its requests is in flight: when a
 //! check outlasts its interval, the ticks it overran are skipped, and the
 //! schedule stays on its original grid. Results go to a bounded in-memory
-//! [`buffer::Buffer`] that a [`writer::Writer`] flushes in batches.
+//! [`buffer::Buffer`] that a [`writer::Writer`] flushes in batches. Old
+//! rows are deleted by a retention task of their own ([`retention_rules`]).
 
 pub mod buffer;
 pub mod catalog;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use apimon_core::apis::Endpoint;
 use apimon_core::health::Health;
+use apimon_core::retention::{self, Rule, Table};
 use apimon_core::shard::stable_hash;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -51,6 +53,15 @@ impl RunOutcome {
     pub fn rows_lost(&self) -> u64 {
         self.dropped + self.lost as u64
     }
+}
+
+/// The tables the pinger keeps `RETENTION_DAYS` of: its checks, and the
+/// endpoints retired longer ago than that (once their checks are gone).
+pub fn retention_rules(retention_days: u32) -> Vec<Rule> {
+    vec![
+        Rule::new(Table::ApiMetrics, retention_days),
+        Rule::new(Table::RetiredEndpoints, retention_days),
+    ]
 }
 
 /// Delay of an endpoint's first check after start: spread over one interval
@@ -99,6 +110,12 @@ pub async fn run_with_health(
     let stats = Arc::new(Stats::default());
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let retention_task = tokio::spawn(retention::run(
+        pool.clone(),
+        retention_rules(cfg.retention_days),
+        retention::Settings::default(),
+        stop_rx.clone(),
+    ));
     let writer = Writer {
         pool,
         buffer: buffer.clone(),
@@ -160,6 +177,8 @@ pub async fn run_with_health(
         loops.abort_all();
     }
     let _ = summary_task.await;
+    // A retention pass stops between batches; it shares the budget.
+    let _ = tokio::time::timeout_at(budget.checks_until(), retention_task).await;
     let _ = writer_stop_tx.send(Some(budget.flush_until()));
     let lost = writer_task.await?;
     let outcome = RunOutcome {

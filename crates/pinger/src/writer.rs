@@ -1,7 +1,10 @@
 //! Moves rows from the [`Buffer`] to `api_metrics` in batches: one statement
 //! per batch, at least every flush interval, retried with backoff while the
-//! database is unreachable. It also readies the schema (migrations,
-//! retention) on its first contact with the database.
+//! database is unreachable. It also readies the schema (migrations, the
+//! endpoints of the configuration, TimescaleDB's retention policies) on its
+//! first contact with the database. It never deletes: old rows go in the
+//! pinger's retention task (`apimon_core::retention`), so a large delete
+//! never stalls a flush.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,8 +21,6 @@ const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// With nothing to write, check the database this often (for /healthz).
 const PING_EVERY: Duration = Duration::from_secs(5);
-/// Plain PostgreSQL has no retention policy: delete old rows this often.
-const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
 pub struct Writer {
     pub pool: PgPool,
@@ -28,7 +29,7 @@ pub struct Writer {
     pub flush_interval: Duration,
     pub retention_days: u32,
     /// Every configured endpoint, registered in `api_endpoints` once the
-    /// schema is ready.
+    /// schema is ready; the others there are retired.
     pub endpoints: Vec<apimon_core::apis::Endpoint>,
     /// `/healthz`: the database answered, the loop is alive.
     pub health: std::sync::Arc<apimon_core::health::Health>,
@@ -41,7 +42,6 @@ struct State {
     retry_in: Duration,
     /// When the current outage began, if the database is failing.
     failing_since: Option<Instant>,
-    next_retention: Instant,
     /// Last time the database answered (a flush or a ping).
     last_contact: Instant,
 }
@@ -55,7 +55,6 @@ impl Writer {
             backoff: Backoff::new(BACKOFF_START, BACKOFF_MAX),
             retry_in: BACKOFF_START,
             failing_since: None,
-            next_retention: Instant::now(),
             last_contact: Instant::now(),
         };
         loop {
@@ -164,10 +163,14 @@ impl Writer {
     async fn try_flush(&self, st: &mut State) -> Result<(), db::DbError> {
         if st.backend.is_none() {
             let backend = db::migrate(&self.pool).await?;
-            db::endpoints::upsert(&self.pool, &self.endpoints).await?;
-            if backend.is_timescale() {
-                db::apply_retention(&self.pool, &backend, self.retention_days).await?;
+            let retired = db::endpoints::sync(&self.pool, &self.endpoints).await?;
+            if !retired.is_empty() {
+                tracing::info!(
+                    ?retired,
+                    "endpoints no longer in the configuration retired (history kept)"
+                );
             }
+            db::apply_retention(&self.pool, &backend, self.retention_days).await?;
             st.backend = Some(backend);
         }
         let mut wrote = false;
@@ -194,19 +197,6 @@ impl Writer {
         } else if st.last_contact.elapsed() >= PING_EVERY {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
             st.last_contact = Instant::now();
-        }
-        if let Some(backend) = &st.backend {
-            if !backend.is_timescale() && Instant::now() >= st.next_retention {
-                st.next_retention = Instant::now() + RETENTION_EVERY;
-                let deleted = db::apply_retention(&self.pool, backend, self.retention_days).await?;
-                if deleted > 0 {
-                    tracing::info!(
-                        deleted,
-                        days = self.retention_days,
-                        "retention: deleted old rows"
-                    );
-                }
-            }
         }
         Ok(())
     }

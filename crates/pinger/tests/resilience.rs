@@ -120,6 +120,8 @@ fn pinger_binary() -> Command {
     c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
+        // No fixed port: tests run side by side.
+        .env("PINGER_HTTP_PORT", "0")
         .stdin(Stdio::null());
     c
 }

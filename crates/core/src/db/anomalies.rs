@@ -156,3 +156,21 @@ pub async fn severity_counts(
     .fetch_all(pool)
     .await
 }
+
+/// Retention on plain PostgreSQL: deletes up to `limit` anomalies observed
+/// before `before`. Returns how many. (On TimescaleDB a retention policy
+/// drops whole chunks instead: see [`super::apply_retention`].)
+pub async fn delete_batch_before(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    super::delete_batch(
+        pool,
+        r#"DELETE FROM anomalies WHERE ctid = ANY(ARRAY(
+               SELECT ctid FROM anomalies WHERE "timestamp" < $1 LIMIT $2))"#,
+        before,
+        limit,
+    )
+    .await
+}

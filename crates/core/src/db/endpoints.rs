@@ -1,19 +1,25 @@
 //! The `api_endpoints` table: the endpoints the pinger is configured with.
+//! An endpoint removed from the configuration is *retired* (`retired_at`
+//! set): its history stays, but it is no longer reported, trained or
+//! scored. Registering it again makes it active.
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::apis::Endpoint;
 
-/// The longest check timeout of the registered endpoints, if any: a check
-/// that started before some instant may report up to this long after it.
+/// The longest check timeout of the active endpoints, if any: a check that
+/// started before some instant may report up to this long after it.
 pub async fn longest_timeout(pool: &PgPool) -> Result<Option<std::time::Duration>, sqlx::Error> {
-    let ms: Option<i64> = sqlx::query_scalar("SELECT max(timeout_ms) FROM api_endpoints")
-        .fetch_one(pool)
-        .await?;
+    let ms: Option<i64> =
+        sqlx::query_scalar("SELECT max(timeout_ms) FROM api_endpoints WHERE retired_at IS NULL")
+            .fetch_one(pool)
+            .await?;
     Ok(ms.map(|ms| std::time::Duration::from_millis(ms.max(0) as u64)))
 }
 
-/// Upserts every endpoint of the configuration (in one statement).
+/// Upserts every endpoint of the configuration (in one statement); a
+/// retired one among them is active again.
 #[tracing::instrument(skip_all, fields(endpoints = endpoints.len()))]
 pub async fn upsert(pool: &PgPool, endpoints: &[Endpoint]) -> Result<(), sqlx::Error> {
     let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
@@ -38,7 +44,7 @@ pub async fn upsert(pool: &PgPool, endpoints: &[Endpoint]) -> Result<(), sqlx::E
         ON CONFLICT (api_name) DO UPDATE SET
             url = EXCLUDED.url, method = EXCLUDED.method, interval_ms = EXCLUDED.interval_ms,
             timeout_ms = EXCLUDED.timeout_ms, expected_status = EXCLUDED.expected_status,
-            updated_at = now()
+            updated_at = now(), retired_at = NULL
         "#,
     )
     .bind(&names)
@@ -52,14 +58,62 @@ pub async fn upsert(pool: &PgPool, endpoints: &[Endpoint]) -> Result<(), sqlx::E
     Ok(())
 }
 
-/// Names of every registered endpoint.
-pub async fn names(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT api_name FROM api_endpoints ORDER BY api_name")
-        .fetch_all(pool)
-        .await
+/// Registers the endpoints of the configuration, as [`upsert`], and
+/// retires every other endpoint that is still active. Returns the names
+/// retired now.
+#[tracing::instrument(skip_all, fields(endpoints = endpoints.len()))]
+pub async fn sync(pool: &PgPool, endpoints: &[Endpoint]) -> Result<Vec<String>, sqlx::Error> {
+    upsert(pool, endpoints).await?;
+    let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+    sqlx::query_scalar(
+        "UPDATE api_endpoints SET retired_at = now(), updated_at = now()
+         WHERE retired_at IS NULL AND NOT (api_name = ANY($1))
+         RETURNING api_name",
+    )
+    .bind(&names)
+    .fetch_all(pool)
+    .await
 }
 
-/// The APIs being checked (a row or a registration at or after
+/// Names of every active (not retired) endpoint.
+pub async fn names(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT api_name FROM api_endpoints WHERE retired_at IS NULL ORDER BY api_name",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Names of every retired endpoint.
+pub async fn retired(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT api_name FROM api_endpoints WHERE retired_at IS NOT NULL ORDER BY api_name",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Retention: deletes up to `limit` endpoints retired before `before`
+/// whose checks are all gone. Returns how many.
+pub async fn delete_retired_batch(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    super::delete_batch(
+        pool,
+        r#"DELETE FROM api_endpoints WHERE api_name = ANY(ARRAY(
+               SELECT e.api_name FROM api_endpoints e
+               WHERE e.retired_at < $1
+                 AND NOT EXISTS (SELECT 1 FROM api_metrics m WHERE m.api_name = e.api_name)
+               LIMIT $2))"#,
+        before,
+        limit,
+    )
+    .await
+}
+
+/// The active APIs being checked (a row or a registration at or after
 /// `active_since`) with no row at or after `end` yet: their rows up to
 /// `end` have not all arrived.
 #[tracing::instrument(skip_all)]
@@ -70,7 +124,8 @@ pub async fn not_arrived(
 ) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         r#"SELECT e.api_name FROM api_endpoints e
-           WHERE (e.updated_at >= $2
+           WHERE e.retired_at IS NULL
+             AND (e.updated_at >= $2
                   OR EXISTS (SELECT 1 FROM api_metrics m
                              WHERE m.api_name = e.api_name AND m."timestamp" >= $2))
              AND NOT EXISTS (SELECT 1 FROM api_metrics m

@@ -152,6 +152,9 @@ pub struct IncidentRow {
     pub last_notified_at: Option<DateTime<Utc>>,
     pub reminders: i32,
     pub resolve_notified_at: Option<DateTime<Utc>>,
+    /// How it ended when it did not recover: `retired` (its endpoint was
+    /// removed from the configuration while it was open).
+    pub resolution: Option<String>,
 }
 
 impl IncidentRow {
@@ -164,7 +167,8 @@ impl IncidentRow {
 /// Columns of [`IncidentRow`], for queries that select them.
 pub const COLUMNS: &str = "i.id, i.api_name, i.kind, i.state, i.started_at, i.opened_at, \
     i.recovered_at, i.resolved_at, i.peak_severity, i.reason, i.evidence, i.flaps, i.silenced, \
-    i.silence_reason, i.notified_at, i.last_notified_at, i.reminders, i.resolve_notified_at";
+    i.silence_reason, i.notified_at, i.last_notified_at, i.reminders, i.resolve_notified_at, \
+    i.resolution";
 
 /// Every incident, oldest first (tests, tools).
 pub async fn all(pool: &PgPool) -> Result<Vec<IncidentRow>, sqlx::Error> {
@@ -188,5 +192,68 @@ pub async fn for_period(
     .bind(from)
     .bind(to)
     .fetch_all(pool)
+    .await
+}
+
+/// Closes the incidents still current (open or resolving) of `apis` whose
+/// endpoint is retired, as resolved with resolution `retired` at the
+/// retirement, and queues their resolution for the alerter, inside `tx`:
+/// a page is always followed by its end, and a removed endpoint is not
+/// left down. Returns the APIs whose incidents were closed.
+pub async fn close_retired(
+    tx: &mut Transaction<'_, Postgres>,
+    apis: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    if apis.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut closed: Vec<String> = sqlx::query_scalar(
+        r#"WITH closed AS (
+               UPDATE incidents i SET state = 'resolved', resolution = 'retired',
+                      resolved_at = GREATEST(e.retired_at, i.opened_at), updated_at = now()
+               FROM api_endpoints e
+               WHERE e.api_name = i.api_name AND e.retired_at IS NOT NULL
+                 AND i.api_name = ANY($1) AND i.state <> 'resolved'
+               RETURNING i.id, i.api_name, i.resolved_at, i.recovered_at),
+           queued AS (
+               INSERT INTO incident_events (incident_id, event, at, first_sign_at)
+               SELECT id, 'resolve', resolved_at, COALESCE(recovered_at, resolved_at)
+               FROM closed)
+           SELECT api_name FROM closed"#,
+    )
+    .bind(apis)
+    .fetch_all(&mut **tx)
+    .await?;
+    if !closed.is_empty() {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(super::INCIDENTS_CHANNEL)
+            .execute(&mut **tx)
+            .await?;
+    }
+    closed.sort();
+    closed.dedup();
+    Ok(closed)
+}
+
+/// Retention: deletes up to `limit` incidents resolved before `before`
+/// whose events have all been handled by the alerter (with their events).
+/// Never an incident that is open or resolving, nor one with an event
+/// still to deliver. Returns how many incidents.
+pub async fn delete_resolved_batch(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    super::delete_batch(
+        pool,
+        r#"DELETE FROM incidents WHERE id = ANY(ARRAY(
+               SELECT i.id FROM incidents i
+               WHERE i.state = 'resolved' AND i.resolved_at < $1
+                 AND NOT EXISTS (SELECT 1 FROM incident_events e
+                                 WHERE e.incident_id = i.id AND e.handled_at IS NULL)
+               ORDER BY i.id LIMIT $2))"#,
+        before,
+        limit,
+    )
     .await
 }

@@ -198,7 +198,7 @@ pub async fn before_watermarks(
 /// incident was open at the period's end.
 pub type PeriodStats = (String, i64, i64, Option<f64>, Option<f64>, bool, bool);
 
-/// [`PeriodStats`] of every registered API over `[start, end)`, by name.
+/// [`PeriodStats`] of every active (not retired) API over `[start, end)`, by name.
 #[tracing::instrument(skip_all)]
 pub async fn period_stats(
     pool: &PgPool,
@@ -221,6 +221,7 @@ pub async fn period_stats(
            FROM api_endpoints e
            LEFT JOIN api_metrics m
                   ON m.api_name = e.api_name AND m."timestamp" >= $1 AND m."timestamp" < $2
+           WHERE e.retired_at IS NULL
            GROUP BY e.api_name
            ORDER BY e.api_name"#,
     )
@@ -259,5 +260,23 @@ pub async fn baselines(
     .bind(api)
     .bind(until)
     .fetch_all(pool)
+    .await
+}
+
+/// Retention on plain PostgreSQL: deletes up to `limit` checks older than
+/// `before`. Returns how many. (On TimescaleDB a retention policy drops
+/// whole chunks instead: see [`super::apply_retention`].)
+pub async fn delete_batch_before(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    super::delete_batch(
+        pool,
+        r#"DELETE FROM api_metrics WHERE ctid = ANY(ARRAY(
+               SELECT ctid FROM api_metrics WHERE "timestamp" < $1 LIMIT $2))"#,
+        before,
+        limit,
+    )
     .await
 }

@@ -347,47 +347,53 @@ pub async fn backend(pool: &PgPool) -> Result<Backend, sqlx::Error> {
     })
 }
 
-/// Keeps `RETENTION_DAYS` of data. On TimescaleDB this (re)sets the
-/// retention policies of both hypertables and returns 0; on plain PostgreSQL
-/// it deletes older rows now and returns how many (call it periodically).
+/// Runs one retention batch: `sql` is a DELETE that binds the cutoff as
+/// `$1` and the most rows it may delete as `$2`. Returns how many it
+/// deleted.
+async fn delete_batch(
+    pool: &PgPool,
+    sql: &'static str,
+    before: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(sql)
+        .bind(before)
+        .bind(limit)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected())
+}
+
+/// Keeps `RETENTION_DAYS` of data on TimescaleDB: (re)sets the retention
+/// policies of both hypertables. On plain PostgreSQL it does nothing: the
+/// services' retention tasks delete old rows in batches
+/// ([`crate::retention`]).
 #[tracing::instrument(skip(pool))]
 pub async fn apply_retention(
     pool: &PgPool,
     backend: &Backend,
     days: u32,
-) -> Result<u64, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
+    if !backend.is_timescale() {
+        return Ok(());
+    }
     let days = i32::try_from(days).unwrap_or(i32::MAX);
-    if backend.is_timescale() {
-        let mut tx = pool.begin().await?;
-        // Serialise with other binaries doing the same at start.
-        sqlx::query("SELECT pg_advisory_xact_lock(727364001)")
+    let mut tx = pool.begin().await?;
+    // Serialise with other binaries doing the same at start.
+    sqlx::query("SELECT pg_advisory_xact_lock(727364001)")
+        .execute(&mut *tx)
+        .await?;
+    for table in ["api_metrics", "anomalies"] {
+        sqlx::query("SELECT remove_retention_policy($1::regclass, if_exists => TRUE)")
+            .bind(table)
             .execute(&mut *tx)
             .await?;
-        for table in ["api_metrics", "anomalies"] {
-            sqlx::query("SELECT remove_retention_policy($1::regclass, if_exists => TRUE)")
-                .bind(table)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("SELECT add_retention_policy($1::regclass, make_interval(days => $2))")
-                .bind(table)
-                .bind(days)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(0)
-    } else {
-        let mut deleted = 0;
-        for sql in [
-            "DELETE FROM api_metrics WHERE \"timestamp\" < now() - make_interval(days => $1)",
-            "DELETE FROM anomalies WHERE \"timestamp\" < now() - make_interval(days => $1)",
-        ] {
-            deleted += sqlx::query(sql)
-                .bind(days)
-                .execute(pool)
-                .await?
-                .rows_affected();
-        }
-        Ok(deleted)
+        sqlx::query("SELECT add_retention_policy($1::regclass, make_interval(days => $2))")
+            .bind(table)
+            .bind(days)
+            .execute(&mut *tx)
+            .await?;
     }
+    tx.commit().await?;
+    Ok(())
 }

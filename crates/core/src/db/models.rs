@@ -149,3 +149,25 @@ fn decode(row: Row) -> Result<StoredModel, LoadError> {
         model,
     })
 }
+
+/// Retention: deletes up to `limit` models of APIs that are no longer
+/// checked: retired before `before`, or not registered at all and trained
+/// before `before`. An API has one model (replaced at each retraining), so
+/// this is the only way the table grows. Returns how many.
+pub async fn delete_retired_batch(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    super::delete_batch(
+        pool,
+        r#"DELETE FROM models WHERE api_name = ANY(ARRAY(
+               SELECT m.api_name FROM models m
+               LEFT JOIN api_endpoints e ON e.api_name = m.api_name
+               WHERE e.retired_at < $1 OR (e.api_name IS NULL AND m.trained_at < $1)
+               LIMIT $2))"#,
+        before,
+        limit,
+    )
+    .await
+}

@@ -159,3 +159,31 @@ pub async fn all(pool: &PgPool) -> Result<Vec<Notification>, sqlx::Error> {
     .fetch_all(pool)
     .await
 }
+
+/// Retention: deletes up to `limit` notifications created before `before`
+/// that are done with (sent, failed or skipped; never one still pending).
+/// The opening notification of an incident still current is kept: its
+/// resolution's email threads under it. Returns how many.
+pub async fn delete_done_batch(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    super::delete_batch(
+        pool,
+        r#"DELETE FROM notifications WHERE id = ANY(ARRAY(
+               SELECT n.id FROM notifications n
+               WHERE n.created_at < $1 AND n.state <> 'pending'
+                 AND NOT (n.kind = 'incident_open' AND EXISTS (
+                     SELECT 1
+                     FROM jsonb_array_elements(CASE jsonb_typeof(n.payload -> 'incidents')
+                                               WHEN 'array' THEN n.payload -> 'incidents'
+                                               ELSE '[]'::jsonb END) e
+                     JOIN incidents i ON i.id::text = e ->> 'id'
+                     WHERE i.state <> 'resolved'))
+               ORDER BY n.id LIMIT $2))"#,
+        before,
+        limit,
+    )
+    .await
+}

@@ -149,15 +149,24 @@ pub async fn active_at(pool: &PgPool, at: DateTime<Utc>) -> Result<Vec<Silence>,
     .await
 }
 
-/// Retention: deletes the silences that ended (or were expired) before
-/// `before`. Returns how many.
+/// Retention: deletes up to `limit` silences that ended (or were expired)
+/// before `before`. Returns how many.
 #[tracing::instrument(skip(pool))]
-pub async fn delete_ended_before(pool: &PgPool, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query("DELETE FROM silences WHERE ends_at < $1")
-        .bind(before)
-        .execute(pool)
-        .await?;
-    Ok(r.rows_affected())
+pub async fn delete_ended_before(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    super::delete_batch(
+        pool,
+        "DELETE FROM silences WHERE id = ANY(ARRAY(
+             SELECT id FROM silences
+             WHERE ends_at < $1 OR expired_at < $1
+             ORDER BY id LIMIT $2))",
+        before,
+        limit,
+    )
+    .await
 }
 
 #[cfg(test)]
