@@ -12,6 +12,7 @@ pub mod health;
 pub mod incidents;
 pub mod maintenance;
 pub mod model;
+pub mod redact;
 pub mod shard;
 pub mod shutdown;
 pub mod telemetry;
