@@ -16,13 +16,11 @@ fn entry(name: &str, url: &str, extra: &str) -> String {
     format!("[[api]]\nname = \"{name}\"\nurl = \"{url}\"\ninterval = \"1s\"\n{timeout}{extra}\n")
 }
 
-#[tokio::test]
-async fn each_failure_kind_is_classified() {
-    let h = Harness::new().await;
+/// `/ok`, and the routes that fail: `/hang`, `/cut` (a body cut short),
+/// `/close` (no answer).
+fn set_failing_routes(h: &Harness) {
     h.server.set("/ok", Reply::ok());
     h.server.set("/hang", Reply::Hang);
-    h.server.set("/boom", Reply::status(500));
-    h.server.set("/created", Reply::status(201));
     h.server.set(
         "/cut",
         Reply::Truncate {
@@ -31,15 +29,20 @@ async fn each_failure_kind_is_classified() {
         },
     );
     h.server.set("/close", Reply::Close);
-    // A port with nothing listening: bind one, then free it.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    // A plain-text server behind an https:// URL: like nginx, it answers the
-    // TLS ClientHello with a plain HTTP 400, which no TLS client accepts.
+}
+
+/// A loopback address with nothing listening: bound, then freed.
+fn closed_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A plain-text server to put behind an https:// URL: like nginx, it
+/// answers the TLS ClientHello with a plain HTTP 400, which no TLS client
+/// accepts.
+async fn plain_http_behind_tls() -> std::net::SocketAddr {
     let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let https = format!("https://{}/ok", plain.local_addr().unwrap());
+    let addr = plain.local_addr().unwrap();
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
         while let Ok((mut s, _)) = plain.accept().await {
@@ -48,6 +51,17 @@ async fn each_failure_kind_is_classified() {
                 .await;
         }
     });
+    addr
+}
+
+#[tokio::test]
+async fn each_failure_kind_is_classified() {
+    let h = Harness::new().await;
+    set_failing_routes(&h);
+    h.server.set("/boom", Reply::status(500));
+    h.server.set("/created", Reply::status(201));
+    let closed = closed_port().port();
+    let https = format!("https://{}/ok", plain_http_behind_tls().await);
     let toml = [
         entry("ok", &h.server.url("/ok"), ""),
         entry("timeout", &h.server.url("/hang"), "timeout = \"300ms\""),
@@ -153,35 +167,14 @@ async fn failure_kinds_come_from_the_errors_not_from_words_in_the_url() {
     let h = Harness::new().await;
     let misleading = "/tls/certificate/handshake/dns-error/timeout/refused\
                       ?tls=handshake&error=dns%20error&why=no+such+host";
-    h.server.set("/ok", Reply::ok());
+    set_failing_routes(&h);
     h.server.set(
         &misleading[..misleading.find('?').unwrap()],
         Reply::status(503),
     );
-    h.server.set("/hang", Reply::Hang);
-    h.server.set(
-        "/cut",
-        Reply::Truncate {
-            declared: 1000,
-            sent: 10,
-        },
-    );
-    h.server.set("/close", Reply::Close);
     h.server.set("/loop", Reply::redirect(302, "/loop"));
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let plain_addr = plain.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        while let Ok((mut s, _)) = plain.accept().await {
-            let _ = s
-                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
-                .await;
-        }
-    });
+    let closed = closed_port();
+    let plain_addr = plain_http_behind_tls().await;
     let server = h.server.addr();
     // Host names resolved to the loopback servers, each naming another kind.
     let hosts = [
