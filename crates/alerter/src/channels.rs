@@ -31,6 +31,9 @@ impl Sender {
         };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
+            // A webhook that redirects fails: following would send the
+            // alert elsewhere, and reqwest logs both URLs of a redirect.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("apimon-alerter/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Sender {

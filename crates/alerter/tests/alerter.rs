@@ -898,6 +898,101 @@ async fn a_failing_webhook_is_retried_and_others_are_not_held_up() {
     run.stop().await;
 }
 
+/// Webhook URLs carry their token in the path and query: a failing
+/// delivery (a 500, a refused connection, an unknown host, a redirect)
+/// logs and stores its error without them, even at `trace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_webhooks_log_and_store_no_part_of_their_urls_secrets() {
+    const PATH_TOKEN: &str = "T0K3N-path-SECRET";
+    const QUERY_TOKEN: &str = "s1g-query-SECRET";
+    let db = database(&["api-a"]).await;
+    let smtp = SmtpServer::start().await;
+    let hooks = HttpServer::start().await;
+    let path = format!("/services/{PATH_TOKEN}");
+    hooks.set(&path, Reply::status(500));
+    hooks.set("/moving", Reply::redirect(308, hooks.url(&path)));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("alerter.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = alerter_binary(&db, &smtp)
+        .env(
+            "SLACK_WEBHOOK_URL",
+            hooks.url(&format!("{path}?sig={QUERY_TOKEN}")),
+        )
+        .env(
+            "TEAMS_WEBHOOK_URL",
+            format!("http://127.0.0.1:{closed}/workflows/{PATH_TOKEN}?sig={QUERY_TOKEN}"),
+        )
+        .env(
+            "ALERT_WEBHOOK_URL",
+            hooks.url(&format!("/moving?token={QUERY_TOKEN}")),
+        )
+        .env("ALERTER_HTTP_PORT", "0")
+        .env("ALERT_POLL_INTERVAL", "200ms")
+        .env("ALERT_RETRY_BASE", "200ms")
+        .env("ALERT_RETRY_MAX_DELAY", "500ms")
+        .env("ALERT_CHECK_INTERVAL", "1d")
+        .env("ALERT_GROUP_WAIT", "1s")
+        .env("RUST_LOG", "trace")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    open_down(&db.pool, "api-a", Utc::now(), "x").await;
+
+    let start = std::time::Instant::now();
+    let rows = loop {
+        let rows = notifications::all(&db.pool).await.unwrap();
+        let hooks_tried = ["slack", "teams", "webhook"].iter().all(|c| {
+            rows.iter()
+                .any(|n| n.channel == *c && n.attempts >= 2 && n.last_error.is_some())
+        });
+        if hooks_tried {
+            break rows;
+        }
+        assert!(start.elapsed() < WAIT, "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+
+    let error = |c: &str| {
+        rows.iter()
+            .find(|n| n.channel == c)
+            .and_then(|n| n.last_error.clone())
+            .unwrap()
+    };
+    assert!(error("slack").contains("500"), "{}", error("slack"));
+    assert!(
+        error("webhook").contains("308"),
+        "not followed: {}",
+        error("webhook")
+    );
+    assert!(!error("teams").is_empty());
+    let tries = hooks
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with(&path))
+        .count();
+    assert!(tries >= 2, "the 500 was tried again: {tries}");
+    assert!(log.contains("delivery failed"), "{log}");
+    assert!(log.contains("TRACE"), "logs at trace");
+    for secret in [PATH_TOKEN, QUERY_TOKEN, "/services/", "/workflows/"] {
+        if let Some(line) = log.lines().find(|l| l.contains(secret)) {
+            panic!("`{secret}` in the log: {line}");
+        }
+        let (found, searched) = apimon_testkit::scan::columns_holding(&db.pool, secret).await;
+        assert!(searched > 30, "searched {searched} columns");
+        assert!(found.is_empty(), "`{secret}` stored in {found:?}");
+    }
+}
+
 #[tokio::test]
 async fn without_channels_notifications_are_recorded_as_skipped() {
     let db = database(&["api-a"]).await;

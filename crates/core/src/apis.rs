@@ -13,12 +13,14 @@
 //! timeout = "10s"                      # optional
 //! interval = "15s"                     # optional
 //! headers = { Authorization = "Bearer ${GITHUB_TOKEN}" }   # optional
+//! follow_redirects = false             # optional, default false
 //! ```
 //!
-//! Header values may name environment variables as `${NAME}`, so that tokens
-//! stay out of the file. Parsing yields validated [`Endpoint`]s: an unknown
-//! key, a duplicate name, a bad URL or a bad value is an error naming the
-//! entry.
+//! The URL and header values may name environment variables as `${NAME}`,
+//! so that tokens stay out of the file. Parsing yields validated
+//! [`Endpoint`]s: an unknown key, a duplicate name, a bad URL or a bad value
+//! is an error naming the entry. A URL is only ever shown redacted (see
+//! [`crate::redact`]), in errors too.
 //!
 //! The file may also hold `[[maintenance]]` entries (see
 //! [`crate::maintenance`]): [`parse`] validates them too, so a bad one stops
@@ -37,6 +39,7 @@ use url::Url;
 
 use crate::config::{parse_duration, ConfigError, Env};
 use crate::maintenance::{self, MaintenanceRaw, MaintenanceWindow};
+use crate::redact::{RedactedUrl, SecretUrl};
 
 /// Default time between two checks of an endpoint.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
@@ -80,7 +83,9 @@ impl fmt::Display for ExpectedStatus {
 pub struct Endpoint {
     /// Unique name; the key of its rows in `api_metrics`.
     pub name: String,
-    pub url: Url,
+    /// What is requested. It may hold a key (userinfo, query, a `${NAME}`):
+    /// show `url.redacted()`, never the URL itself.
+    pub url: SecretUrl,
     pub method: Method,
     /// Sent with every request. Values may hold tokens: never printed.
     pub headers: HeaderMap,
@@ -91,6 +96,11 @@ pub struct Endpoint {
     pub timeout: Duration,
     /// Time between the starts of two checks.
     pub interval: Duration,
+    /// Follow redirects (`follow_redirects = true`): then a redirect to
+    /// another origin is followed without the endpoint's headers and body,
+    /// and one from https to http is refused. Otherwise a 3xx is the
+    /// check's result.
+    pub follow_redirects: bool,
 }
 
 impl fmt::Debug for Endpoint {
@@ -98,12 +108,13 @@ impl fmt::Debug for Endpoint {
         let header_names: Vec<&str> = self.headers.keys().map(|k| k.as_str()).collect();
         f.debug_struct("Endpoint")
             .field("name", &self.name)
-            .field("url", &self.url.as_str())
+            .field("url", &self.url.redacted())
             .field("method", &self.method.as_str())
             .field("headers", &header_names)
             .field("expected_status", &self.expected_status)
             .field("timeout", &self.timeout)
             .field("interval", &self.interval)
+            .field("follow_redirects", &self.follow_redirects)
             .finish()
     }
 }
@@ -127,6 +138,7 @@ struct DefaultsRaw {
     #[serde(default)]
     headers: BTreeMap<String, String>,
     expected_status: Option<StatusRaw>,
+    follow_redirects: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +153,7 @@ struct ApiRaw {
     expected_status: Option<StatusRaw>,
     timeout: Option<DurationRaw>,
     interval: Option<DurationRaw>,
+    follow_redirects: Option<bool>,
 }
 
 /// A duration as the file may write it: a number of seconds or a text
@@ -260,13 +273,17 @@ fn validate(api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoint, 
     let raw_url = api
         .url
         .ok_or("url: missing (expected an http:// or https:// URL)")?;
-    let url = Url::parse(raw_url.trim())
-        .map_err(|e| format!("url: expected an http:// or https:// URL, got `{raw_url}` ({e})"))?;
+    // Errors show what was written, redacted: never a variable's value.
+    let shown = RedactedUrl::from_text(&raw_url);
+    let expanded = expand_env(raw_url.trim(), env).map_err(|m| format!("url: {m}"))?;
+    let url = Url::parse(&expanded)
+        .map_err(|e| format!("url: expected an http:// or https:// URL, got `{shown}` ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(format!(
-            "url: expected an http:// or https:// URL with a host, got `{raw_url}`"
+            "url: expected an http:// or https:// URL with a host, got `{shown}`"
         ));
     }
+    let url = SecretUrl::new(url, raw_url.trim());
     let method = match api.method {
         None => Method::GET,
         Some(m) => {
@@ -312,6 +329,10 @@ fn validate(api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoint, 
         expected_status,
         timeout,
         interval,
+        follow_redirects: api
+            .follow_redirects
+            .or(defaults.follow_redirects)
+            .unwrap_or(false),
     })
 }
 
@@ -484,6 +505,79 @@ timeout = 2.5
         )
         .unwrap_err();
         assert!(err.message.contains("NOPE"), "{err}");
+    }
+
+    #[test]
+    fn urls_expand_variables_and_are_shown_without_secrets() {
+        let env = Env::from_pairs([("KEY", "k3y-SECRET"), ("PASS", "pa55-SECRET")]);
+        let eps = parse(
+            "[[api]]\nname=\"A\"\nurl=\"https://bob:${PASS}@a.test/v1/${KEY}/x?api_key=${KEY}&n=1\"\n",
+            "apis.toml",
+            &env,
+        )
+        .unwrap();
+        let url = &eps[0].url;
+        assert_eq!(url.expose().path(), "/v1/k3y-SECRET/x");
+        assert_eq!(url.expose().password(), Some("pa55-SECRET"));
+        assert_eq!(
+            url.redacted().as_str(),
+            "https://a.test/v1/${KEY}/x?api_key=REDACTED&n=REDACTED"
+        );
+        let debug = format!("{:?}", eps[0]);
+        assert!(
+            !debug.contains("SECRET") && !debug.contains("bob"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_is_named_without_its_secrets() {
+        let env = Env::from_pairs([("KEY", "k3y-SECRET")]);
+        for url in [
+            "ftp://bob:pa55-SECRET@a.test/?k=SECRET",
+            "https://bob:pa55-SECRET@bad host/?k=SECRET",
+            "https://bob@/x?api_key=${KEY}",
+            "https://a.test:99999/${KEY}?api_key=SECRET",
+        ] {
+            let err = parse(
+                &format!("[[api]]\nname = \"A\"\nurl = \"{url}\"\n"),
+                "apis.toml",
+                &env,
+            )
+            .unwrap_err();
+            let text = err.to_string();
+            assert!(err.message.starts_with("url:"), "{text}");
+            assert!(!text.contains("SECRET") && !text.contains("bob"), "{text}");
+        }
+        let err = parse(
+            "[[api]]\nname = \"A\"\nurl = \"https://a.test/${NOPE}\"\n",
+            "apis.toml",
+            &env,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("NOPE"), "{err}");
+    }
+
+    #[test]
+    fn redirects_are_followed_only_when_asked() {
+        let eps = parse_ok(
+            "[[api]]\nname = \"A\"\nurl = \"http://a.test\"\n\
+             [[api]]\nname = \"B\"\nurl = \"http://b.test\"\nfollow_redirects = true\n",
+        );
+        assert!(!eps[0].follow_redirects);
+        assert!(eps[1].follow_redirects);
+        let eps = parse_ok(
+            "[defaults]\nfollow_redirects = true\n\
+             [[api]]\nname = \"A\"\nurl = \"http://a.test\"\nexpected_status = 302\n\
+             [[api]]\nname = \"B\"\nurl = \"http://b.test\"\nfollow_redirects = false\n",
+        );
+        assert!(eps[0].follow_redirects);
+        assert_eq!(eps[0].expected_status, ExpectedStatus::Codes(vec![302]));
+        assert!(!eps[1].follow_redirects);
+        let err = parse_err(
+            "[[api]]\nname = \"A\"\nurl = \"http://a.test\"\nfollow_redirects = \"yes\"\n",
+        );
+        assert!(err.message.contains("bool"), "{err}");
     }
 
     #[test]

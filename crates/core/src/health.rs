@@ -95,8 +95,13 @@ impl Health {
     }
 }
 
-/// Where a service listens: `{SERVICE}_HTTP_PORT` (and `HTTP_BIND`, default
-/// `0.0.0.0`); port 0 disables it.
+/// Where a service listens: `{SERVICE}_HTTP_PORT` on `HTTP_BIND`; port 0
+/// disables it. [`DEFAULT_BIND`] unless set: `/metrics` tells which APIs are
+/// watched, so it is not offered to the network unless asked for (Docker
+/// Compose sets `HTTP_BIND=0.0.0.0` inside its containers).
+/// `HTTP_BIND` when unset: loopback only.
+pub const DEFAULT_BIND: &str = "127.0.0.1";
+
 pub fn http_addr(
     env: &Env,
     service: &str,
@@ -107,7 +112,7 @@ pub fn http_addr(
     if port == 0 {
         return Ok(None);
     }
-    let bind = env.get("HTTP_BIND").unwrap_or("0.0.0.0");
+    let bind = env.get("HTTP_BIND").unwrap_or(DEFAULT_BIND);
     let ip: std::net::IpAddr = bind.parse().map_err(|_| {
         ConfigError::new(
             "HTTP_BIND",
@@ -238,6 +243,18 @@ mod tests {
         assert!(h.check().unwrap_err().contains("silent for 31000 ms"));
         h.beat();
         assert!(h.check().is_ok());
+    }
+
+    #[test]
+    fn the_http_port_listens_on_loopback_unless_told_otherwise() {
+        let addr = http_addr(&Env::default(), "pinger", 9101).unwrap().unwrap();
+        assert!(addr.ip().is_loopback(), "{addr}");
+        assert_eq!(addr, "127.0.0.1:9101".parse().unwrap());
+        let env = Env::from_pairs([("HTTP_BIND", "0.0.0.0")]);
+        assert_eq!(
+            http_addr(&env, "alerter", 9103).unwrap(),
+            Some("0.0.0.0:9103".parse().unwrap())
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod incidents;
 pub mod listen;
 pub mod maintenance;
 pub mod model;
+pub mod redact;
 pub mod retention;
 pub mod shard;
 pub mod shutdown;

@@ -489,6 +489,81 @@ async fn incidents_overlapping_the_range_are_region_annotations_on_the_response_
     assert_eq!(ann["enable"], true);
 }
 
+/// Whether `apimon_grafana` may read `table.column`, however granted.
+async fn grafana_reads(pool: &PgPool, table: &str, column: &str) -> bool {
+    sqlx::query_scalar("SELECT has_column_privilege('apimon_grafana', $1, $2, 'SELECT')")
+        .bind(table)
+        .bind(column)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_grafana_role_reads_only_the_columns_the_dashboard_queries() {
+    let s = seeded().await;
+    let d = dashboard();
+    let sqls: Vec<String> = queries(&d)
+        .into_iter()
+        .map(|(_, sql)| sql.to_ascii_lowercase())
+        .collect();
+    let words = |sql: &str| -> Vec<String> {
+        sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns
+         WHERE table_schema = 'public' ORDER BY 1, 2",
+    )
+    .fetch_all(&s.rw)
+    .await
+    .unwrap();
+    let mut readable = Vec::new();
+    for (table, column) in &columns {
+        if !grafana_reads(&s.rw, table, column).await {
+            continue;
+        }
+        readable.push(format!("{table}.{column}"));
+        let used = sqls.iter().any(|sql| {
+            let w = words(sql);
+            w.contains(table) && w.contains(column)
+        });
+        assert!(
+            used,
+            "Grafana reads {table}.{column}, which no dashboard query names"
+        );
+    }
+    assert!(readable.len() >= 20, "{readable:?}");
+    // What held keys, messages and delivery errors.
+    for (table, column) in [
+        ("api_metrics", "url"),
+        ("api_metrics", "error_message"),
+        ("api_endpoints", "url"),
+        ("notifications", "body_text"),
+        ("notifications", "payload"),
+        ("notifications", "last_error"),
+        ("models", "forest"),
+    ] {
+        assert!(
+            !grafana_reads(&s.rw, table, column).await,
+            "{table}.{column}"
+        );
+    }
+    let denied = sqlx::query("SELECT url FROM api_metrics")
+        .fetch_all(&s.ro)
+        .await;
+    let e = denied.expect_err("url is not Grafana's");
+    assert!(e.to_string().contains("permission denied"), "{e}");
+    // A table created later is not Grafana's either.
+    sqlx::query("CREATE TABLE added_later (secret text)")
+        .execute(&s.rw)
+        .await
+        .unwrap();
+    assert!(!grafana_reads(&s.rw, "added_later", "secret").await);
+}
+
 #[test]
 fn provisioning_parses_and_refers_to_the_dashboard_and_datasource() {
     let ds: serde_norway::Value = serde_norway::from_str(

@@ -1,12 +1,19 @@
-//! One check of one endpoint: the request, the timing, and the
-//! classification of what went wrong.
+//! One check of one endpoint: the request (and its redirects, when the
+//! endpoint follows them), the timing, and the classification of what went
+//! wrong.
+//!
+//! Redirects are followed here, hop by hop, not by reqwest: each hop decides
+//! what it carries. The endpoint's headers and body go to its own origin
+//! only; a hop from https to http is refused.
 
 use std::error::Error as StdError;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use apimon_core::apis::Endpoint;
 use apimon_core::db::metrics::MetricRow;
 use chrono::{SubsecRound, Utc};
+use reqwest::{Method, StatusCode, Url};
 
 /// Why a check failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +30,8 @@ pub enum ErrorKind {
     HttpStatus,
     /// The response started but its body broke off.
     Body,
-    /// Too many redirects, or a redirect loop.
+    /// A redirect that is refused (https to http, not to http(s), an
+    /// invalid `Location`) or one too many.
     Redirect,
     /// Anything else about the request (malformed response, protocol error).
     Request,
@@ -47,6 +55,9 @@ impl ErrorKind {
 /// Longest error message stored.
 const MAX_MESSAGE: usize = 1000;
 
+/// Most redirects followed in one check.
+pub const MAX_REDIRECTS: usize = 10;
+
 /// Sends checks through one shared HTTP client (one connection pool).
 #[derive(Clone)]
 pub struct Checker {
@@ -55,33 +66,40 @@ pub struct Checker {
 
 impl Checker {
     pub fn new(user_agent: &str) -> Result<Checker, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        Checker::with_resolved(user_agent, &[])
+    }
+
+    /// [`Checker::new`], resolving the host names of `hosts` to fixed
+    /// addresses instead of asking DNS (tests give loopback servers names).
+    pub fn with_resolved(
+        user_agent: &str,
+        hosts: &[(&str, SocketAddr)],
+    ) -> Result<Checker, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
             .user_agent(user_agent)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
-            .build()?;
-        Ok(Checker { client })
+            // `Checker::fetch` follows redirects itself, or not at all.
+            .redirect(reqwest::redirect::Policy::none());
+        for (host, addr) in hosts {
+            builder = builder.resolve(host, *addr);
+        }
+        Ok(Checker {
+            client: builder.build()?,
+        })
     }
 
     /// Checks `ep` once. Never fails: a failure is a row too.
     #[tracing::instrument(skip_all, fields(api = %ep.name))]
     pub async fn check(&self, ep: &Endpoint) -> MetricRow {
         let timestamp = Utc::now().trunc_subsecs(6);
-        let mut req = self
-            .client
-            .request(ep.method.clone(), ep.url.clone())
-            .headers(ep.headers.clone())
-            .timeout(ep.timeout);
-        if let Some(body) = &ep.body {
-            req = req.body(body.clone());
-        }
         let started = Instant::now();
-        let outcome = fetch(req).await;
+        let outcome = self.fetch(ep, started).await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let mut row = MetricRow {
             timestamp,
             api_name: ep.name.clone(),
-            url: ep.url.to_string(),
+            url: ep.url.redacted().to_string(),
             response_time_ms: None,
             status_code: None,
             success: false,
@@ -102,67 +120,170 @@ impl Checker {
                         Some(format!("status {status}, expected {}", ep.expected_status));
                 }
             }
-            Err(FetchError { status, error }) => {
-                let kind = classify(&error);
-                row.status_code = status.map(i32::from);
-                row.error_kind = Some(kind.as_str().to_string());
-                row.error_message = Some(describe(error));
+            Err(f) => {
+                row.status_code = f.status.map(i32::from);
+                row.error_kind = Some(f.kind.as_str().to_string());
+                row.error_message = Some(f.message);
             }
         }
         row
     }
+
+    /// Sends the request, follows redirects when the endpoint says so, and
+    /// reads the final body to its end, counting its bytes without keeping
+    /// them. The endpoint's timeout covers every hop.
+    async fn fetch(&self, ep: &Endpoint, started: Instant) -> Result<(u16, i64), Failure> {
+        let origin = ep.url.expose().origin();
+        let mut url = ep.url.expose().clone();
+        let mut method = ep.method.clone();
+        // The endpoint's headers and body go to its own origin only: once a
+        // redirect left it, no later hop carries them.
+        let mut same_origin = true;
+        let mut with_body = ep.body.is_some();
+        let mut hops = 0;
+        loop {
+            let left = ep.timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(Failure::new(
+                    ErrorKind::Timeout,
+                    None,
+                    "no complete response within the timeout (after redirects)",
+                ));
+            }
+            let mut req = self
+                .client
+                .request(method.clone(), url.clone())
+                .timeout(left);
+            if same_origin {
+                req = req.headers(ep.headers.clone());
+                if let (true, Some(body)) = (with_body, &ep.body) {
+                    req = req.body(body.clone());
+                }
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| Failure::from_reqwest(e, None))?;
+            let status = resp.status();
+            if ep.follow_redirects {
+                if let Some(next) = next_hop(&url, status, resp.headers())? {
+                    if hops == MAX_REDIRECTS {
+                        return Err(Failure::new(
+                            ErrorKind::Redirect,
+                            Some(status.as_u16()),
+                            format!("more than {MAX_REDIRECTS} redirects"),
+                        ));
+                    }
+                    hops += 1;
+                    // As browsers do: 303 turns anything but HEAD into a GET,
+                    // 301 and 302 a POST; 307 and 308 keep method and body.
+                    let to_get = match status.as_u16() {
+                        303 => method != Method::HEAD,
+                        301 | 302 => method == Method::POST,
+                        _ => false,
+                    };
+                    if to_get {
+                        method = Method::GET;
+                        with_body = false;
+                    }
+                    same_origin &= next.origin() == origin;
+                    url = next;
+                    continue;
+                }
+            }
+            return read_body(resp).await;
+        }
+    }
 }
 
-struct FetchError {
-    /// Status, when the failure came after the response head.
+/// Where a redirect answer sends the next hop: `None` when `status` is no
+/// redirect to follow (or has no `Location`: then it is the result). The
+/// errors never show the `Location`, which may carry a token.
+fn next_hop(
+    current: &Url,
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+) -> Result<Option<Url>, Failure> {
+    if !matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
+        return Ok(None);
+    }
+    let Some(location) = headers.get(reqwest::header::LOCATION) else {
+        return Ok(None);
+    };
+    let refuse = |why: String| Failure::new(ErrorKind::Redirect, Some(status.as_u16()), why);
+    let location = location
+        .to_str()
+        .map_err(|_| refuse(format!("status {status} with a Location that is not text")))?;
+    let next = current
+        .join(location)
+        .map_err(|e| refuse(format!("status {status} with an invalid Location ({e})")))?;
+    if !matches!(next.scheme(), "http" | "https") {
+        return Err(refuse(format!(
+            "status {status}: a redirect to a `{}` URL is refused",
+            next.scheme()
+        )));
+    }
+    if current.scheme() == "https" && next.scheme() == "http" {
+        return Err(refuse(format!(
+            "status {status}: a redirect from https to http is refused"
+        )));
+    }
+    Ok(Some(next))
+}
+
+/// A failed check: its kind, the status when a response head came, and
+/// what to store as its message (never the URL).
+#[derive(Debug)]
+struct Failure {
+    kind: ErrorKind,
     status: Option<u16>,
-    error: reqwest::Error,
+    message: String,
 }
 
-/// Sends the request and reads the body to its end, counting its bytes
-/// without keeping them.
-async fn fetch(req: reqwest::RequestBuilder) -> Result<(u16, i64), FetchError> {
-    let mut resp = req.send().await.map_err(|error| FetchError {
-        status: None,
-        error,
-    })?;
+impl Failure {
+    fn new(kind: ErrorKind, status: Option<u16>, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn from_reqwest(error: reqwest::Error, status: Option<u16>) -> Failure {
+        Failure {
+            kind: classify(&error),
+            status,
+            message: describe(error),
+        }
+    }
+}
+
+/// Reads the body to its end, counting its bytes without keeping them.
+async fn read_body(mut resp: reqwest::Response) -> Result<(u16, i64), Failure> {
     let status = resp.status().as_u16();
     let mut size: i64 = 0;
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => size += chunk.len() as i64,
             Ok(None) => return Ok((status, size)),
-            Err(error) => {
-                return Err(FetchError {
-                    status: Some(status),
-                    error,
-                })
-            }
+            Err(error) => return Err(Failure::from_reqwest(error, Some(status))),
         }
     }
 }
 
-/// Tells a failure's kind from the error and its chain of causes.
+/// Tells a failure's kind from the types in the error's chain of causes,
+/// never from its text, which holds the URL (a refused connection to
+/// `https://tls.example.com` is `connect`, not `tls`).
 pub fn classify(err: &reqwest::Error) -> ErrorKind {
-    let chain = chain_text(err).to_ascii_lowercase();
     let io_kind = causes(err)
         .find_map(|e| e.downcast_ref::<std::io::Error>())
         .map(|e| e.kind());
     if err.is_timeout() || io_kind == Some(std::io::ErrorKind::TimedOut) {
         ErrorKind::Timeout
-    } else if chain.contains("dns error")
-        || chain.contains("failed to lookup address")
-        || chain.contains("name or service not known")
-        || chain.contains("no such host")
-    {
-        ErrorKind::Dns
-    } else if chain.contains("tls")
-        || chain.contains("certificate")
-        || chain.contains("handshake")
-        || chain.contains("invalidcontenttype")
-        || chain.contains("corrupt message")
-    {
+    } else if causes(err).any(is_tls_error) {
         ErrorKind::Tls
+    } else if causes(err).any(is_dns_error) {
+        ErrorKind::Dns
     } else if err.is_redirect() {
         ErrorKind::Redirect
     } else if err.is_connect()
@@ -183,6 +304,35 @@ pub fn classify(err: &reqwest::Error) -> ErrorKind {
     } else {
         ErrorKind::Request
     }
+}
+
+/// A rustls error (a handshake or certificate failure), as such or inside
+/// the `io::Error`s that tokio-rustls and reqwest wrap it in (an
+/// `io::Error`'s `source()` skips what it wraps, so they are unwrapped
+/// here).
+fn is_tls_error(e: &(dyn StdError + 'static)) -> bool {
+    let mut e: &(dyn StdError + 'static) = e;
+    loop {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => e = inner,
+            None => return false,
+        }
+    }
+}
+
+/// A failed name resolution: hyper-util's `ConnectError` made by its
+/// `ConnectError::dns`. That type is private, so it is told by its own
+/// message, a fixed text that holds no URL or host name (compared whole,
+/// not searched for).
+fn is_dns_error(e: &(dyn StdError + 'static)) -> bool {
+    // Not the reqwest error itself: its text may end with the URL.
+    !e.is::<reqwest::Error>() && e.to_string() == "dns error"
 }
 
 fn causes<'a>(err: &'a reqwest::Error) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
@@ -218,4 +368,53 @@ fn describe(err: reqwest::Error) -> String {
         s.push('…');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue, LOCATION};
+
+    fn hop(from: &str, status: u16, location: &str) -> Result<Option<Url>, Failure> {
+        let mut headers = HeaderMap::new();
+        headers.insert(LOCATION, HeaderValue::from_str(location).unwrap());
+        next_hop(
+            &Url::parse(from).unwrap(),
+            StatusCode::from_u16(status).unwrap(),
+            &headers,
+        )
+    }
+
+    #[test]
+    fn a_redirect_from_https_to_http_is_refused_without_showing_where_to() {
+        let f = hop("https://api.test/a", 301, "http://api.test/a?key=S3CR3T").unwrap_err();
+        assert_eq!(f.kind, ErrorKind::Redirect);
+        assert_eq!(f.status, Some(301));
+        assert!(f.message.contains("from https to http"), "{f:?}");
+        assert!(!f.message.contains("S3CR3T") && !f.message.contains("api.test"));
+        // Upgrades and same-scheme hops are followed.
+        let next = hop("http://api.test/a", 302, "https://other.test/b").unwrap();
+        assert_eq!(next.unwrap().as_str(), "https://other.test/b");
+        let next = hop("https://api.test/a/b", 307, "../c?x=1").unwrap();
+        assert_eq!(next.unwrap().as_str(), "https://api.test/c?x=1");
+    }
+
+    #[test]
+    fn only_redirects_with_a_usable_location_are_followed() {
+        let f = hop("https://api.test/", 302, "ftp://files.test/x").unwrap_err();
+        assert_eq!(f.kind, ErrorKind::Redirect);
+        let f = hop("https://api.test/", 302, "http://[::1").unwrap_err();
+        assert_eq!(f.kind, ErrorKind::Redirect);
+        assert!(!f.message.contains("::1"), "{f:?}");
+        // Not a redirect to follow: the answer is the result.
+        for status in [200, 300, 304, 404] {
+            assert!(hop("https://api.test/", status, "/x").unwrap().is_none());
+        }
+        let none = next_hop(
+            &Url::parse("https://api.test/").unwrap(),
+            StatusCode::FOUND,
+            &HeaderMap::new(),
+        );
+        assert!(none.unwrap().is_none());
+    }
 }

@@ -16,13 +16,11 @@ fn entry(name: &str, url: &str, extra: &str) -> String {
     format!("[[api]]\nname = \"{name}\"\nurl = \"{url}\"\ninterval = \"1s\"\n{timeout}{extra}\n")
 }
 
-#[tokio::test]
-async fn each_failure_kind_is_classified() {
-    let h = Harness::new().await;
+/// `/ok`, and the routes that fail: `/hang`, `/cut` (a body cut short),
+/// `/close` (no answer).
+fn set_failing_routes(h: &Harness) {
     h.server.set("/ok", Reply::ok());
     h.server.set("/hang", Reply::Hang);
-    h.server.set("/boom", Reply::status(500));
-    h.server.set("/created", Reply::status(201));
     h.server.set(
         "/cut",
         Reply::Truncate {
@@ -31,15 +29,20 @@ async fn each_failure_kind_is_classified() {
         },
     );
     h.server.set("/close", Reply::Close);
-    // A port with nothing listening: bind one, then free it.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    // A plain-text server behind an https:// URL: like nginx, it answers the
-    // TLS ClientHello with a plain HTTP 400, which no TLS client accepts.
+}
+
+/// A loopback address with nothing listening: bound, then freed.
+fn closed_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A plain-text server to put behind an https:// URL: like nginx, it
+/// answers the TLS ClientHello with a plain HTTP 400, which no TLS client
+/// accepts.
+async fn plain_http_behind_tls() -> std::net::SocketAddr {
     let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let https = format!("https://{}/ok", plain.local_addr().unwrap());
+    let addr = plain.local_addr().unwrap();
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
         while let Ok((mut s, _)) = plain.accept().await {
@@ -48,6 +51,17 @@ async fn each_failure_kind_is_classified() {
                 .await;
         }
     });
+    addr
+}
+
+#[tokio::test]
+async fn each_failure_kind_is_classified() {
+    let h = Harness::new().await;
+    set_failing_routes(&h);
+    h.server.set("/boom", Reply::status(500));
+    h.server.set("/created", Reply::status(201));
+    let closed = closed_port().port();
+    let https = format!("https://{}/ok", plain_http_behind_tls().await);
     let toml = [
         entry("ok", &h.server.url("/ok"), ""),
         entry("timeout", &h.server.url("/hang"), "timeout = \"300ms\""),
@@ -142,4 +156,138 @@ async fn method_headers_and_body_are_sent() {
         .iter()
         .any(|(k, v)| k == "user-agent" && v.starts_with("apimon-pinger/")));
     assert!(h.rows("poster").await[0].success);
+}
+
+/// A refused connection to `https://tls.example.com` was stored as `tls`:
+/// the kind came from searching the error's text, which holds the URL.
+/// Every kind, with host names, paths, queries and userinfo full of the
+/// words the old classifier looked for.
+#[tokio::test]
+async fn failure_kinds_come_from_the_errors_not_from_words_in_the_url() {
+    let h = Harness::new().await;
+    let misleading = "/tls/certificate/handshake/dns-error/timeout/refused\
+                      ?tls=handshake&error=dns%20error&why=no+such+host";
+    set_failing_routes(&h);
+    h.server.set(
+        &misleading[..misleading.find('?').unwrap()],
+        Reply::status(503),
+    );
+    h.server.set("/loop", Reply::redirect(302, "/loop"));
+    let closed = closed_port();
+    let plain_addr = plain_http_behind_tls().await;
+    let server = h.server.addr();
+    // Host names resolved to the loopback servers, each naming another kind.
+    let hosts = [
+        ("tls-certificate-handshake.test", closed),
+        ("dns-error-no-such-host.test", server),
+        ("tls-handshake-timeout.test", server),
+        ("timeout-refused-dns-error.test", plain_addr),
+    ];
+    let port = |a: std::net::SocketAddr| a.port();
+    let cases = [
+        (
+            "connect",
+            format!(
+                "https://tls:handshake@tls-certificate-handshake.test:{}{misleading}",
+                port(closed)
+            ),
+            None,
+            "",
+        ),
+        (
+            "dns",
+            "http://tls-handshake-timeout-refused.invalid/certificate?tls=1".to_string(),
+            None,
+            "",
+        ),
+        (
+            "tls",
+            format!(
+                "https://timeout-refused-dns-error.test:{}/dns-error/timeout?connection=refused",
+                port(plain_addr)
+            ),
+            None,
+            "",
+        ),
+        (
+            "http_status",
+            format!(
+                "http://tls-handshake-timeout.test:{}{misleading}",
+                port(server)
+            ),
+            Some(503),
+            "",
+        ),
+        (
+            "timeout",
+            format!(
+                "http://dns-error-no-such-host.test:{}/hang?tls=handshake",
+                port(server)
+            ),
+            None,
+            "timeout = \"300ms\"",
+        ),
+        (
+            "body",
+            format!(
+                "http://tls-handshake-timeout.test:{}/cut?e=dns+error&t=timeout",
+                port(server)
+            ),
+            Some(200),
+            "",
+        ),
+        (
+            "request",
+            format!(
+                "http://dns-error-no-such-host.test:{}/close?tls=certificate",
+                port(server)
+            ),
+            None,
+            "",
+        ),
+        (
+            "redirect",
+            format!(
+                "http://tls-handshake-timeout.test:{}/loop?dns=error",
+                port(server)
+            ),
+            Some(302),
+            "follow_redirects = true",
+        ),
+    ];
+    let toml: String = cases
+        .iter()
+        .map(|(kind, url, _, extra)| entry(kind, url, extra))
+        .collect();
+    let cfg = h.config(&toml, &[]);
+    let checker = pinger::check::Checker::with_resolved("apimon-test", &hosts).unwrap();
+
+    for ep in &cfg.endpoints {
+        let row = checker.check(ep).await;
+
+        assert_eq!(
+            row.error_kind.as_deref(),
+            Some(ep.name.as_str()),
+            "{}: {:?}",
+            ep.url.redacted(),
+            row.error_message
+        );
+        let status = cases.iter().find(|c| c.0 == ep.name).unwrap().2;
+        assert_eq!(row.status_code, status, "{}", ep.name);
+        let msg = row.error_message.unwrap_or_default();
+        assert!(!msg.is_empty(), "{}", ep.name);
+        for word in [
+            "handshake@",
+            "tls=",
+            "connection=refused",
+            ".test",
+            ".invalid",
+        ] {
+            assert!(
+                !msg.contains(word),
+                "{}: the message shows the URL: {msg}",
+                ep.name
+            );
+        }
+    }
 }

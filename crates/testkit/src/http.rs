@@ -1,6 +1,6 @@
 //! A programmable HTTP/1.1 server on loopback, for tests that need an
-//! endpoint which answers, delays, fails, hangs, breaks off its body, or
-//! records what it was sent (webhooks).
+//! endpoint which answers, delays, fails, hangs, breaks off its body,
+//! redirects, or records what it was sent (webhooks, redirects' targets).
 //!
 //! It speaks just enough HTTP/1.1 (keep-alive, `Content-Length` request
 //! bodies) to serve reqwest and similar clients, and misbehaves on purpose
@@ -29,6 +29,8 @@ pub enum Reply {
     Truncate { declared: usize, sent: usize },
     /// Closes the connection without answering.
     Close,
+    /// `code` (a 3xx) with a `Location` header, at once.
+    Redirect { code: u16, location: String },
 }
 
 impl Reply {
@@ -47,6 +49,14 @@ impl Reply {
             code: 200,
             body: "{\"ok\":true}".into(),
             delay: Duration::from_millis(ms),
+        }
+    }
+
+    /// `code` with `Location: location`, at once.
+    pub fn redirect(code: u16, location: impl Into<String>) -> Reply {
+        Reply::Redirect {
+            code,
+            location: location.into(),
         }
     }
 
@@ -185,6 +195,14 @@ async fn serve(mut stream: TcpStream, routes: Routes, requests: Arc<Mutex<Vec<Re
                 return;
             }
             Some(Reply::Close) => return,
+            Some(Reply::Redirect { code, location }) => {
+                let resp = format!(
+                    "HTTP/1.1 {code} X\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n"
+                );
+                if stream.write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

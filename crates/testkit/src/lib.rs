@@ -5,13 +5,15 @@
 //! PostgreSQL cluster that this process starts once (and that a watchdog
 //! stops and deletes when the process exits). [`PgCluster`] starts a
 //! dedicated cluster, for tests that stop and restart the database.
-//! [`procs`] runs the workspace's binaries as separate processes.
+//! [`procs`] runs the workspace's binaries as separate processes;
+//! [`scan::columns_holding`] finds where a text is stored.
 
 pub mod first_contact;
 pub mod http;
 mod pg;
 pub mod procfs;
 pub mod procs;
+pub mod scan;
 pub mod smtp;
 
 use std::sync::atomic::{AtomicU32, Ordering};

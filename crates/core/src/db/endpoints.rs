@@ -23,7 +23,11 @@ pub async fn longest_timeout(pool: &PgPool) -> Result<Option<std::time::Duration
 #[tracing::instrument(skip_all, fields(endpoints = endpoints.len()))]
 pub async fn upsert(pool: &PgPool, endpoints: &[Endpoint]) -> Result<(), sqlx::Error> {
     let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
-    let urls: Vec<String> = endpoints.iter().map(|e| e.url.to_string()).collect();
+    // Shown on dashboards and read by other roles: never the secrets.
+    let urls: Vec<&str> = endpoints
+        .iter()
+        .map(|e| e.url.redacted().as_str())
+        .collect();
     let methods: Vec<&str> = endpoints.iter().map(|e| e.method.as_str()).collect();
     let intervals: Vec<i64> = endpoints
         .iter()

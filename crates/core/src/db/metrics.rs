@@ -11,6 +11,8 @@ pub struct MetricRow {
     /// When the check started (wall clock, microsecond precision).
     pub timestamp: DateTime<Utc>,
     pub api_name: String,
+    /// The endpoint's URL redacted ([`crate::redact`]): no userinfo, no
+    /// query values.
     pub url: String,
     /// Time to the end of the body; `None` when no complete response came.
     pub response_time_ms: Option<f64>,
