@@ -139,10 +139,45 @@ async fn concurrent_migrations_do_not_conflict() {
 }
 
 #[tokio::test]
-async fn plain_postgres_is_reported_and_time_bucket_matches_timescale_origin() {
+async fn the_backend_is_what_the_server_offers_and_time_bucket_matches_timescale_origin() {
     let pool = migrated_pool().await;
     let backend = db::backend(&pool).await.unwrap();
-    assert!(matches!(backend, Backend::Postgres { .. }), "{backend}");
+    let (installed, preloaded): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'), \
+                current_setting('shared_preload_libraries') ~ 'timescaledb'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    match (installed, preloaded) {
+        // Installed but not preloaded: CREATE EXTENSION would end the
+        // session, so the schema falls back to plain tables (and the
+        // binaries warn with the fix).
+        (true, false) => assert!(
+            matches!(
+                backend,
+                Backend::Postgres {
+                    timescale_available: true,
+                    ..
+                }
+            ),
+            "{backend}"
+        ),
+        (true, true) => assert!(matches!(backend, Backend::TimescaleDb { .. }), "{backend}"),
+        (false, _) => {
+            eprintln!("TimescaleDB is not installed on this server: ran on plain PostgreSQL");
+            assert!(
+                matches!(
+                    backend,
+                    Backend::Postgres {
+                        timescale_available: false,
+                        ..
+                    }
+                ),
+                "{backend}"
+            );
+        }
+    }
     // TimescaleDB buckets weeks from Monday 2000-01-03; so does ours.
     let b: chrono::DateTime<Utc> =
         sqlx::query_scalar("SELECT time_bucket('7 days', TIMESTAMPTZ '2026-11-25 13:14:15+00')")
