@@ -105,6 +105,9 @@ impl Writer {
                 Err(_) => break,
             }
         }
+        // Rows dropped since the last step count even when the budget left
+        // no time for another.
+        self.count_dropped();
         let lost = self.buffer.len();
         if lost > 0 {
             tracing::error!(
@@ -115,9 +118,8 @@ impl Writer {
         lost
     }
 
-    /// Readies the schema if needed and writes every buffered row. Returns
-    /// false after a database error.
-    async fn step(&self, st: &mut State) -> bool {
+    /// Moves the buffer's count of dropped rows into the stats, saying so.
+    fn count_dropped(&self) {
         let dropped = self.buffer.take_dropped();
         if dropped > 0 {
             self.stats.add_dropped(dropped);
@@ -128,6 +130,12 @@ impl Writer {
                 "buffer full: dropped the oldest rows"
             );
         }
+    }
+
+    /// Readies the schema if needed and writes every buffered row. Returns
+    /// false after a database error.
+    async fn step(&self, st: &mut State) -> bool {
+        self.count_dropped();
         match self.try_flush(st).await {
             Ok(()) => {
                 self.health.set_db(true);
