@@ -1319,8 +1319,9 @@ async fn a_retired_endpoint_is_left_out_of_reports_so_a_healthy_period_sends_non
         .unwrap()
         .is_empty());
     // The period is written at once (nothing waited for), and all healthy:
-    // STATUS_REPORT_WHEN_HEALTHY=false holds it back.
-    let at = end + chrono::Duration::seconds(10);
+    // STATUS_REPORT_WHEN_HEALTHY=false holds it back. (After the settle
+    // time: 5 s plus the 30 s default timeout.)
+    let at = end + chrono::Duration::seconds(40);
     assert!(
         alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, at)
             .await
