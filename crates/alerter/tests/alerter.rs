@@ -524,16 +524,8 @@ async fn a_status_report_lists_one_slow_one_down_and_six_healthy_apis() {
         .unwrap();
     // After the settle time: 5 s plus the 30 s default timeout.
     let at = end + chrono::Duration::seconds(40);
-    assert!(
-        alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, at)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, at)
-            .await
-            .unwrap()
-    );
+    assert!(reports_at(&db, &cfg, &mut baselines, at).await);
+    assert!(!reports_at(&db, &cfg, &mut baselines, at).await);
     let run = start(cfg);
     let period = format!(
         "Period: {} to {}",
@@ -601,6 +593,18 @@ fn checks(api: &str, from: DateTime<Utc>, n: i64, rt: f64) -> Vec<MetricRow> {
         .collect()
 }
 
+/// Whether the alerter writes a report when asked at `at`.
+async fn reports_at(
+    db: &Db,
+    cfg: &AlerterConfig,
+    baselines: &mut alerter::baseline::Baselines,
+    at: DateTime<Utc>,
+) -> bool {
+    alerter::report::maybe_report(&db.pool, cfg, baselines, at)
+        .await
+        .unwrap()
+}
+
 /// The queued report of the period ending at `end`: subject and text.
 async fn queued_report(pool: &PgPool, end: DateTime<Utc>) -> Option<(String, String)> {
     sqlx::query_as(
@@ -625,9 +629,7 @@ async fn a_report_waits_for_rows_still_on_their_way_and_then_counts_them_all() {
     // After the settle time: 5 s plus the 30 s default timeout.
     let at = end + chrono::Duration::seconds(40);
     assert!(
-        !alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, at)
-            .await
-            .unwrap(),
+        !reports_at(&db, &cfg, &mut baselines, at).await,
         "a period whose rows are still on their way is not reported"
     );
     assert!(queued_report(&db.pool, end).await.is_none());
@@ -639,11 +641,7 @@ async fn a_report_waits_for_rows_still_on_their_way_and_then_counts_them_all() {
         100.0,
     );
     db::metrics::insert_batch(&db.pool, &late).await.unwrap();
-    assert!(
-        alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, at)
-            .await
-            .unwrap()
-    );
+    assert!(reports_at(&db, &cfg, &mut baselines, at).await);
     let (subject, text) = queued_report(&db.pool, end).await.unwrap();
     assert_eq!(subject, "[apimon] Status: all 2 APIs healthy");
     assert!(
@@ -674,18 +672,12 @@ async fn a_report_settles_for_the_longest_check_timeout() {
     db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
     let early = end + chrono::Duration::seconds(34);
     assert!(
-        !alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, early)
-            .await
-            .unwrap(),
+        !reports_at(&db, &cfg, &mut baselines, early).await,
         "35 s have not passed"
     );
     assert!(queued_report(&db.pool, end).await.is_none());
     let settled = end + chrono::Duration::seconds(36);
-    assert!(
-        alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, settled)
-            .await
-            .unwrap()
-    );
+    assert!(reports_at(&db, &cfg, &mut baselines, settled).await);
     assert!(queued_report(&db.pool, end).await.is_some());
 }
 
@@ -700,19 +692,11 @@ async fn rows_that_never_arrive_are_reported_as_data_missing_not_healthy() {
     db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
     // After the settle time: 5 s plus the 30 s default timeout.
     let at = end + chrono::Duration::seconds(40);
-    assert!(
-        !alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, at)
-            .await
-            .unwrap()
-    );
+    assert!(!reports_at(&db, &cfg, &mut baselines, at).await);
     // One report interval later the rows have still not come: the period
     // is reported, and says so.
     let later = end + chrono::Duration::seconds(310);
-    assert!(
-        alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, later)
-            .await
-            .unwrap()
-    );
+    assert!(reports_at(&db, &cfg, &mut baselines, later).await);
     let (subject, text) = queued_report(&db.pool, end).await.unwrap();
     assert_eq!(subject, "[apimon] Status: 1 data missing, 1 healthy");
     let row = text.lines().find(|l| l.starts_with("cut-off |")).unwrap();
@@ -1322,11 +1306,7 @@ async fn a_retired_endpoint_is_left_out_of_reports_so_a_healthy_period_sends_non
     // STATUS_REPORT_WHEN_HEALTHY=false holds it back. (After the settle
     // time: 5 s plus the 30 s default timeout.)
     let at = end + chrono::Duration::seconds(40);
-    assert!(
-        alerter::report::maybe_report(&db.pool, &cfg, &mut baselines, at)
-            .await
-            .unwrap()
-    );
+    assert!(reports_at(&db, &cfg, &mut baselines, at).await);
     assert!(queued_report(&db.pool, end).await.is_none());
 }
 

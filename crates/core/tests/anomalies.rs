@@ -4,13 +4,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::borrow::Cow;
-
 use apimon_core::db::{self, anomalies::AnomalyRow};
 use apimon_core::features::{Features, FEATURE_NAMES};
 use apimon_core::DbConfig;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 
 /// The migration that introduced `feature_values`.
@@ -97,18 +94,7 @@ async fn feature_values_are_stored_as_eight_reals_in_feature_order_and_read_back
 #[tokio::test]
 async fn anomalies_written_before_the_compact_form_keep_their_features_readable() {
     let pool = pool().await;
-    let before = Migrator {
-        migrations: Cow::Owned(
-            db::MIGRATOR
-                .migrations
-                .iter()
-                .filter(|m| m.version < COMPACT)
-                .cloned()
-                .collect(),
-        ),
-        ..Migrator::DEFAULT
-    };
-    before.run(&pool).await.unwrap();
+    apimon_testkit::migrations::migrate_before(&pool, &db::MIGRATOR, COMPACT).await;
     let t0 = Utc::now().trunc_subsecs(6);
     // As the detector wrote them: the features as JSON by name, or NULL
     // for a failed check; one with a feature missing.

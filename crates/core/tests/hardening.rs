@@ -5,14 +5,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::borrow::Cow;
 use std::path::Path;
 
 use apimon_core::db;
 use apimon_core::redact::redact;
 use apimon_core::DbConfig;
 use chrono::{SubsecRound, Utc};
-use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 
 /// The migration that redacts stored URLs and narrows Grafana's grants.
@@ -42,18 +40,7 @@ async fn pool() -> PgPool {
 #[tokio::test]
 async fn urls_stored_before_redaction_are_redacted_by_the_migration() {
     let pool = pool().await;
-    let before = Migrator {
-        migrations: Cow::Owned(
-            db::MIGRATOR
-                .migrations
-                .iter()
-                .filter(|m| m.version < REDACTING)
-                .cloned()
-                .collect(),
-        ),
-        ..Migrator::DEFAULT
-    };
-    before.run(&pool).await.unwrap();
+    apimon_testkit::migrations::migrate_before(&pool, &db::MIGRATOR, REDACTING).await;
     let t0 = Utc::now().trunc_subsecs(6);
     for (i, url) in URLS.iter().enumerate() {
         let api = format!("api-{i}");

@@ -10,6 +10,7 @@
 
 pub mod first_contact;
 pub mod http;
+pub mod migrations;
 mod pg;
 pub mod procfs;
 pub mod procs;
