@@ -23,9 +23,19 @@ BEGIN
 
         -- The API variable.
         GRANT SELECT (api_name) ON api_endpoints TO apimon_grafana;
-        -- Response time, success rate, detection lag.
-        GRANT SELECT ("timestamp", api_name, response_time_ms, success, ingested_at)
-            ON api_metrics TO apimon_grafana;
+        -- Response time, success rate, detection lag. On TimescaleDB a
+        -- grant on a compressed hypertable is copied to its compressed
+        -- table, whose columns differ: a per-column grant fails there
+        -- (undefined_column), and the role gets the table instead. Its
+        -- other columns are the URL, stored redacted (below), the status
+        -- code, size and the failure's kind and message, which never hold
+        -- the URL.
+        BEGIN
+            GRANT SELECT ("timestamp", api_name, response_time_ms, success, ingested_at)
+                ON api_metrics TO apimon_grafana;
+        EXCEPTION WHEN undefined_column THEN
+            GRANT SELECT ON api_metrics TO apimon_grafana;
+        END;
         -- Anomaly counts, scores and the list of recent anomalies.
         GRANT SELECT ("timestamp", api_name, response_time_ms, anomaly_score, severity, details,
                       detected_at)
