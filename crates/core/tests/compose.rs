@@ -44,3 +44,72 @@ fn every_service_gets_more_stop_time_than_its_shutdown_grace() {
         );
     }
 }
+
+fn compose() -> serde_norway::Value {
+    let mut c: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(root().join("docker-compose.yml")).unwrap(),
+    )
+    .unwrap();
+    c.apply_merge().unwrap();
+    c
+}
+
+/// During its first-start initialisation the database image runs a server
+/// on its Unix socket only: a health check over the socket would call it
+/// healthy then, and the services would meet a server about to restart.
+#[test]
+fn the_database_is_healthy_only_once_it_answers_over_tcp() {
+    let c = compose();
+    let test: Vec<&str> = c["services"]["timescaledb"]["healthcheck"]["test"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let cmd = test.join(" ");
+    assert!(cmd.contains("pg_isready"), "{cmd}");
+    assert!(cmd.contains("-h 127.0.0.1"), "{cmd}");
+}
+
+/// timescale/timescaledb#7672: an `INSERT … ON CONFLICT DO NOTHING` into a
+/// compressed chunk lost rows before 2.18.1.
+#[test]
+fn the_timescaledb_image_is_pinned_to_2_18_1_or_newer() {
+    let c = compose();
+    let image = c["services"]["timescaledb"]["image"].as_str().unwrap();
+    let tag = image
+        .strip_prefix("timescale/timescaledb:")
+        .unwrap_or_else(|| panic!("{image}: not the TimescaleDB image"));
+    let (version, pg) = tag.split_once("-pg").unwrap_or_else(|| {
+        panic!("{image}: pin a version and a PostgreSQL major, e.g. 2.28.3-pg17")
+    });
+    let v: Vec<u32> = version.split('.').map(|p| p.parse().unwrap()).collect();
+    assert_eq!(v.len(), 3, "{image}: a full version, not a moving tag");
+    assert!(v >= vec![2, 18, 1], "{image}");
+    assert!(pg.parse::<u32>().unwrap() >= 16, "{image}");
+}
+
+/// The services get the database settings the database container gets,
+/// from the shell or `.env`, and never a `DATABASE_URL` from `.env` that
+/// would point them elsewhere.
+#[test]
+fn the_services_use_the_compose_database_with_the_settings_it_got() {
+    let c = compose();
+    let db_env = &c["services"]["timescaledb"]["environment"];
+    for name in ["pinger", "detector", "alerter"] {
+        let env = &c["services"][name]["environment"];
+        assert_eq!(env["DATABASE_URL"].as_str(), Some(""), "{name}");
+        assert_eq!(env["DB_HOST"].as_str(), Some("timescaledb"), "{name}");
+        for (var, db_var) in [
+            ("DB_NAME", "POSTGRES_DB"),
+            ("DB_USER", "POSTGRES_USER"),
+            ("DB_PASS", "POSTGRES_PASSWORD"),
+        ] {
+            assert_eq!(env[var], db_env[db_var], "{name}: {var}");
+        }
+        assert!(env["GRAFANA_DB_PASSWORD"]
+            .as_str()
+            .unwrap()
+            .starts_with("${GRAFANA_DB_PASSWORD"));
+    }
+}

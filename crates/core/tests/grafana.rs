@@ -211,6 +211,12 @@ const INCIDENTS: [Incident<'static>; 5] = [
     },
 ];
 
+/// The role is the cluster's, shared by the tests running at once, each in
+/// its own database; the function's advisory lock is per database, and
+/// PostgreSQL refuses two concurrent ALTER ROLE ("tuple concurrently
+/// updated"): one test at a time.
+static ROLE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn seeded() -> Seeded {
     let t = apimon_testkit::fresh_database().await;
     let pool = db::connect(&DbConfig::from_url(&t.url).unwrap())
@@ -292,10 +298,6 @@ async fn seeded() -> Seeded {
     tx.commit().await.unwrap();
 
     // Grafana reads as the read-only role, so run the queries as it does.
-    // The role is the cluster's, shared by the tests running at once, and
-    // PostgreSQL refuses two concurrent ALTER ROLE ("tuple concurrently
-    // updated"): one at a time.
-    static ROLE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     {
         let _one_at_a_time = ROLE.lock().await;
         db::set_grafana_password(&pool, "ro-pass").await.unwrap();
@@ -659,5 +661,39 @@ fn provisioning_parses_and_refers_to_the_dashboard_and_datasource() {
     assert_eq!(
         (var["name"].as_str(), var["multi"].as_bool()),
         (Some("api"), Some(true))
+    );
+}
+
+/// Two detector replicas set the password at the same moment: the calls
+/// wait for each other instead of failing with "tuple concurrently
+/// updated" (a warning in the log of one of them, before migration 0011).
+#[tokio::test]
+async fn concurrent_grafana_password_changes_in_one_database_all_succeed() {
+    let t = apimon_testkit::fresh_database().await;
+    let pool = db::connect(&DbConfig::from_url(&t.url).unwrap())
+        .await
+        .unwrap();
+    db::migrate(&pool).await.unwrap();
+    let _one_test_at_a_time = ROLE.lock().await;
+    let mut failures = Vec::new();
+    for round in 0..10 {
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    db::set_grafana_password(&pool, &format!("pw-{round}-{i}")).await
+                })
+            })
+            .collect();
+        for c in calls {
+            if let Err(e) = c.await.unwrap() {
+                failures.push(format!("round {round}: {e}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 80 calls failed: {failures:?}",
+        failures.len()
     );
 }

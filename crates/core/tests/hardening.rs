@@ -115,7 +115,11 @@ fn compose_offers_the_health_ports_to_its_network_and_checks_them_on_loopback() 
             .unwrap();
     // The services share their settings through `<<: *apimon-service`.
     compose.apply_merge().unwrap();
-    for (service, port) in [("pinger", 9101), ("detector", 9102), ("alerter", 9103)] {
+    for (service, var, port) in [
+        ("pinger", "PINGER_HTTP_PORT", 9101),
+        ("detector", "DETECTOR_HTTP_PORT", 9102),
+        ("alerter", "ALERTER_HTTP_PORT", 9103),
+    ] {
         let s = &compose["services"][service];
         assert_eq!(
             s["environment"]["HTTP_BIND"].as_str(),
@@ -128,9 +132,17 @@ fn compose_offers_the_health_ports_to_its_network_and_checks_them_on_loopback() 
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
+        // The configured port (`$$` is a `$` for the container's shell),
+        // which the service gets from .env or the shell, else the default.
+        assert_eq!(test[0], "CMD-SHELL", "{service}: {test:?}");
         assert!(
-            test.contains(&format!("http://127.0.0.1:{port}/healthz").as_str()),
+            test[1].contains(&format!("http://127.0.0.1:$${{{var}:-{port}}}/healthz")),
             "{service}: {test:?}"
+        );
+        assert_eq!(
+            s["environment"][var].as_str(),
+            Some(format!("${{{var}:-{port}}}").as_str()),
+            "{service}: {var} must reach the container for its health check"
         );
         assert!(s.get("ports").is_none(), "{service} publishes its port");
     }

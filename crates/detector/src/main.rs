@@ -139,6 +139,7 @@ async fn serve(cfg: DetectorConfig) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
+    db::apply_grafana_password(&pool, &cfg.db).await;
     detector::service::run_with_health(cfg, pool, health, shutdown).await?;
     Ok(())
 }

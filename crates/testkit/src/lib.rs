@@ -20,7 +20,7 @@ pub mod smtp;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-pub use pg::{find_pg_bin, LeakedCluster, PgCluster};
+pub use pg::{find_pg_bin, timescaledb_installed, timescaledb_requested, LeakedCluster, PgCluster};
 use sqlx::Connection;
 
 /// An empty database created for one test.
@@ -80,6 +80,10 @@ pub async fn fresh_database() -> TestDb {
     let mut conn = sqlx::PgConnection::connect(&admin_url())
         .await
         .expect("connect to the test PostgreSQL server");
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        say_backend(&mut conn).await;
+    }
     sqlx::query(&format!("CREATE DATABASE \"{name}\""))
         .execute(&mut conn)
         .await
@@ -88,6 +92,49 @@ pub async fn fresh_database() -> TestDb {
     TestDb {
         url: server.url(&name),
         name,
+    }
+}
+
+/// What the tests' databases run on, in words: TimescaleDB when the server
+/// preloads it, else plain PostgreSQL and why.
+pub async fn backend_in_words(conn: &mut sqlx::PgConnection) -> String {
+    let (version, preload, available): (String, String, Option<String>) = sqlx::query_as(
+        "SELECT current_setting('server_version'), current_setting('shared_preload_libraries'), \
+         (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb')",
+    )
+    .fetch_one(conn)
+    .await
+    .expect("ask the test server what it runs");
+    match available {
+        Some(ts) if preload.contains("timescaledb") => {
+            format!("TimescaleDB {ts} (preloaded) on PostgreSQL {version}")
+        }
+        Some(ts) => format!(
+            "plain PostgreSQL {version}: TimescaleDB {ts} is installed but not preloaded \
+             (the fallback path; APIMON_TEST_TIMESCALEDB=1 runs the tests on TimescaleDB)"
+        ),
+        None => format!("plain PostgreSQL {version}: TimescaleDB is not installed"),
+    }
+}
+
+/// Says once per test process which backend its tests run on, on the real
+/// standard error (the test harness does not capture it), so that a run on
+/// plain PostgreSQL cannot pass for a run on TimescaleDB.
+async fn say_backend(conn: &mut sqlx::PgConnection) {
+    use std::io::Write;
+    let words = backend_in_words(conn).await;
+    let exe = std::env::current_exe().ok();
+    let binary = exe
+        .as_deref()
+        .and_then(|p| p.file_stem())
+        .and_then(|s| s.to_str())
+        .unwrap_or("tests");
+    let _ = writeln!(std::io::stderr(), "apimon tests ({binary}): on {words}");
+    if timescaledb_requested() {
+        assert!(
+            words.starts_with("TimescaleDB"),
+            "APIMON_TEST_TIMESCALEDB=1, but the test server runs {words}"
+        );
     }
 }
 

@@ -5,6 +5,11 @@
 //! and the cluster's files live in a temporary directory owned by that user.
 //! The binaries are found through `PG_BIN`, then `PATH`, then the Debian and
 //! Ubuntu layout `/usr/lib/postgresql/<version>/bin` (newest first).
+//!
+//! With `APIMON_TEST_TIMESCALEDB=1` every cluster preloads TimescaleDB (the
+//! library must be installed into that PostgreSQL); otherwise clusters do
+//! not preload it, and a server where it is installed takes the
+//! installed-but-not-preloaded path (plain tables, a warning).
 
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
@@ -29,6 +34,16 @@ impl PgCluster {
     /// missing when PostgreSQL's server binaries cannot be found or started:
     /// this is a test helper.
     pub fn start() -> PgCluster {
+        Self::start_with(timescaledb_requested())
+    }
+
+    /// Like [`PgCluster::start`], but never preloads TimescaleDB: for tests
+    /// of the installed-but-not-preloaded path on either tier.
+    pub fn start_without_timescaledb() -> PgCluster {
+        Self::start_with(false)
+    }
+
+    fn start_with(preload_timescaledb: bool) -> PgCluster {
         let bin = find_pg_bin().unwrap_or_else(|| {
             panic!(
                 "PostgreSQL server binaries (initdb, pg_ctl) not found: install PostgreSQL \
@@ -55,6 +70,11 @@ impl PgCluster {
             assert!(status.success(), "chown {user} {root:?} failed");
         }
         let data = root.join("data");
+        let preload = if preload_timescaledb {
+            Some(timescaledb_settings(&bin))
+        } else {
+            None
+        };
         let mut cluster = PgCluster {
             bin,
             root,
@@ -84,8 +104,9 @@ impl PgCluster {
             let conf = format!(
                 "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n\
                  fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-                 max_connections = 300\nshared_buffers = 128MB\n",
-                cluster.port
+                 max_connections = 300\nshared_buffers = 128MB\n{}",
+                cluster.port,
+                preload.as_deref().unwrap_or("")
             );
             cluster.append_conf(&conf);
             match cluster.pg_ctl_start() {
@@ -280,6 +301,56 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind a free loopback port")
+}
+
+/// Whether the tests were asked to run on TimescaleDB
+/// (`APIMON_TEST_TIMESCALEDB=1`): every throwaway cluster then preloads it.
+pub fn timescaledb_requested() -> bool {
+    matches!(
+        std::env::var("APIMON_TEST_TIMESCALEDB").as_deref(),
+        Ok("1" | "true" | "yes")
+    )
+}
+
+/// The `postgresql.conf` lines that preload TimescaleDB, after checking that
+/// its library is installed for the server in `bin`.
+fn timescaledb_settings(bin: &Path) -> String {
+    let libdir = pkglibdir(bin);
+    assert!(
+        libdir.join("timescaledb.so").exists(),
+        "APIMON_TEST_TIMESCALEDB=1, but TimescaleDB is not installed for the PostgreSQL in \
+         {bin:?} (no timescaledb.so in {libdir:?}): build and install it (README, \
+         \"Testing on TimescaleDB\"), or unset APIMON_TEST_TIMESCALEDB"
+    );
+    // Background jobs (compression, retention) run only when a test calls
+    // them: a policy firing on its own would delete a test's old rows under
+    // it. Hundreds of test databases would also each want a scheduler.
+    "shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off\n\
+     timescaledb.max_background_workers = 0\n"
+        .to_string()
+}
+
+/// Where the PostgreSQL server in `bin` loads its extensions' libraries.
+fn pkglibdir(bin: &Path) -> PathBuf {
+    // `bin` may hold symbolic links (/usr/local/bin/initdb ->
+    // /usr/lib/postgresql/15/bin/initdb): look beside the real binaries.
+    let bin = std::fs::canonicalize(bin.join("pg_ctl"))
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| bin.to_path_buf());
+    Command::new(bin.join("pg_config"))
+        .arg("--pkglibdir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| bin.join("../lib"))
+}
+
+/// Whether TimescaleDB's library is installed for the PostgreSQL the tests
+/// start.
+pub fn timescaledb_installed() -> bool {
+    find_pg_bin().is_some_and(|bin| pkglibdir(&bin).join("timescaledb.so").exists())
 }
 
 /// Directory holding `initdb` and `pg_ctl`.

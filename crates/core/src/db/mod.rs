@@ -176,11 +176,6 @@ pub async fn connect_and_migrate(
         let attempt = async {
             let pool = connect(cfg).await?;
             let backend = migrate(&pool).await?;
-            if let Some(p) = &cfg.grafana_password {
-                if let Err(e) = set_grafana_password(&pool, p.expose_secret()).await {
-                    tracing::warn!(error.message = %e, "cannot set the password of role apimon_grafana");
-                }
-            }
             Ok::<_, DbError>((pool, backend))
         };
         let delay = tokio::select! {
@@ -315,7 +310,22 @@ pub async fn migrate(pool: &PgPool) -> Result<Backend, DbError> {
     Ok(backend)
 }
 
+/// Gives the read-only `apimon_grafana` role `cfg.grafana_password`, when
+/// one is configured; a failure is logged, not fatal (Grafana alone needs
+/// it). Only the detector calls this, so that one service sets it.
+pub async fn apply_grafana_password(pool: &PgPool, cfg: &DbConfig) {
+    if let Some(p) = &cfg.grafana_password {
+        match set_grafana_password(pool, p.expose_secret()).await {
+            Ok(()) => tracing::info!("password of role apimon_grafana set"),
+            Err(e) => {
+                tracing::warn!(error.message = %e, "cannot set the password of role apimon_grafana")
+            }
+        }
+    }
+}
+
 /// Lets the read-only `apimon_grafana` role log in with `password`.
+/// Concurrent calls wait for each other (an advisory lock in the function).
 pub async fn set_grafana_password(pool: &PgPool, password: &str) -> Result<(), sqlx::Error> {
     // Through a function with a bound parameter: the password never
     // appears in a statement's text, so no log can show it.
@@ -364,10 +374,12 @@ async fn delete_batch(
     Ok(r.rows_affected())
 }
 
-/// Keeps `RETENTION_DAYS` of data on TimescaleDB: (re)sets the retention
-/// policies of both hypertables. On plain PostgreSQL it does nothing: the
-/// services' retention tasks delete old rows in batches
-/// ([`crate::retention`]).
+/// Keeps `RETENTION_DAYS` of data on TimescaleDB: creates the retention
+/// policy of each hypertable when it is missing, and changes only its
+/// `drop_after` when `days` changed, so that the job keeps its id and any
+/// `alter_job` setting an operator gave it (schedule, retries). On plain
+/// PostgreSQL it does nothing: the services' retention tasks delete old
+/// rows in batches ([`crate::retention`]).
 #[tracing::instrument(skip(pool))]
 pub async fn apply_retention(
     pool: &PgPool,
@@ -384,15 +396,40 @@ pub async fn apply_retention(
         .execute(&mut *tx)
         .await?;
     for table in ["api_metrics", "anomalies"] {
-        sqlx::query("SELECT remove_retention_policy($1::regclass, if_exists => TRUE)")
-            .bind(table)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("SELECT add_retention_policy($1::regclass, make_interval(days => $2))")
-            .bind(table)
-            .bind(days)
-            .execute(&mut *tx)
-            .await?;
+        let job: Option<(i32, bool)> = sqlx::query_as(
+            "SELECT job_id, (config->>'drop_after')::interval = make_interval(days => $2) \
+             FROM timescaledb_information.jobs \
+             WHERE proc_name = 'policy_retention' \
+               AND hypertable_schema = current_schema() AND hypertable_name = $1 \
+             ORDER BY job_id LIMIT 1",
+        )
+        .bind(table)
+        .bind(days)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match job {
+            None => {
+                sqlx::query("SELECT add_retention_policy($1::regclass, make_interval(days => $2))")
+                    .bind(table)
+                    .bind(days)
+                    .execute(&mut *tx)
+                    .await?;
+                tracing::info!(table, days, "retention policy created");
+            }
+            Some((job_id, false)) => {
+                sqlx::query(
+                    "SELECT alter_job($1, config => jsonb_set(config, '{drop_after}', \
+                     to_jsonb(make_interval(days => $2)::text))) \
+                     FROM timescaledb_information.jobs WHERE job_id = $1",
+                )
+                .bind(job_id)
+                .bind(days)
+                .execute(&mut *tx)
+                .await?;
+                tracing::info!(table, days, job_id, "retention policy changed");
+            }
+            Some((_, true)) => {}
+        }
     }
     tx.commit().await?;
     Ok(())

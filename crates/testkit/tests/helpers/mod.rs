@@ -42,10 +42,21 @@ impl Stack {
     /// answered as the entry says, and the services' environment: the
     /// defaults of these tests, then `extra`.
     pub async fn new(url: &str, endpoints: &[(&str, Reply)], extra: &[(&str, &str)]) -> Stack {
+        let stack = Self::unmigrated(url, endpoints, extra).await;
+        db::migrate(&stack.pool).await.unwrap();
+        stack
+    }
+
+    /// Like [`Stack::new`], but leaves the database as it is: the first
+    /// service started applies the migrations.
+    pub async fn unmigrated(
+        url: &str,
+        endpoints: &[(&str, Reply)],
+        extra: &[(&str, &str)],
+    ) -> Stack {
         let pool = db::connect(&DbConfig::from_url(url).unwrap())
             .await
             .unwrap();
-        db::migrate(&pool).await.unwrap();
         let web = HttpServer::start().await;
         let smtp = SmtpServer::start().await;
         let dir = tempfile::Builder::new()
