@@ -75,8 +75,17 @@ async fn anomalies_older_than_the_retention_are_deleted_in_batches() {
 
     let report = retention_pass(&db).await;
 
-    let d = deleted(&report, "anomalies");
-    assert_eq!((d.rows, d.statements, d.largest), (10, 3, 4), "4 + 4 + 2");
+    let backend = db::backend(&db.pool).await.unwrap();
+    if backend.is_timescale() {
+        // A hypertable: the pass leaves it to the retention policy, which
+        // drops the old chunks.
+        assert!(report.iter().all(|d| d.table != "anomalies"), "{report:?}");
+        db::apply_retention(&db.pool, &backend, 90).await.unwrap();
+        assert!(apimon_testkit::run_retention_policy(&db.pool, "anomalies").await);
+    } else {
+        let d = deleted(&report, "anomalies");
+        assert_eq!((d.rows, d.statements, d.largest), (10, 3, 4), "4 + 4 + 2");
+    }
     let left = db::anomalies::for_api(&db.pool, "api").await.unwrap();
     assert_eq!(left.len(), 1);
     assert!(left[0].timestamp > days_ago(90));

@@ -180,7 +180,10 @@ async fn secrets_in_urls_and_headers_reach_no_row_log_line_or_grafana() {
         assert!(searched > 30, "searched {searched} columns");
         assert!(found.is_empty(), "`{needle}` stored in {found:?}");
     }
-    // Grafana's role cannot read the columns that held them before.
+    // Grafana's role cannot read the columns that held them before. On
+    // TimescaleDB it reads api_metrics whole (a column grant on a
+    // compressed hypertable is refused), whose URLs are redacted above.
+    let timescale = apimon_testkit::on_timescaledb(&h.pool).await;
     for (table, column) in [
         ("api_metrics", "url"),
         ("api_metrics", "error_message"),
@@ -193,7 +196,11 @@ async fn secrets_in_urls_and_headers_reach_no_row_log_line_or_grafana() {
                 .fetch_one(&h.pool)
                 .await
                 .unwrap();
-        assert!(!readable, "Grafana reads {table}.{column}");
+        let expected = timescale && table == "api_metrics";
+        assert_eq!(
+            readable, expected,
+            "Grafana reads {table}.{column}: {readable}"
+        );
     }
 
     // `--check-config` lists the endpoints redacted.

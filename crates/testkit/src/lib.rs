@@ -138,6 +138,39 @@ async fn say_backend(conn: &mut sqlx::PgConnection) {
     }
 }
 
+/// Whether the database behind `pool` runs TimescaleDB.
+pub async fn on_timescaledb(pool: &sqlx::PgPool) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')")
+        .fetch_one(pool)
+        .await
+        .expect("ask which backend the test database runs")
+}
+
+/// On TimescaleDB, runs the retention policy of hypertable `table` now, as
+/// its scheduler would (the tests' clusters run no background jobs), and
+/// returns true; on plain PostgreSQL, returns false. The policy must exist
+/// (`db::apply_retention`).
+pub async fn run_retention_policy(pool: &sqlx::PgPool, table: &str) -> bool {
+    if !on_timescaledb(pool).await {
+        return false;
+    }
+    let job: i32 = sqlx::query_scalar(
+        "SELECT job_id FROM timescaledb_information.jobs \
+         WHERE proc_name = 'policy_retention' AND hypertable_name = $1",
+    )
+    .bind(table)
+    .fetch_optional(pool)
+    .await
+    .expect("look up the retention job")
+    .unwrap_or_else(|| panic!("{table} has no retention policy: call db::apply_retention first"));
+    sqlx::query("CALL run_job($1)")
+        .bind(job)
+        .execute(pool)
+        .await
+        .expect("run the retention job");
+    true
+}
+
 /// A dedicated PostgreSQL cluster where the role `apimon_pw` must log in
 /// with its password, as on a real server (the shared test server trusts
 /// everyone): for tests of a wrong password or a missing database.
