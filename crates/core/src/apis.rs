@@ -37,6 +37,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 use url::Url;
 
+use crate::assertions::{Assertions, JsonAssertion, DEFAULT_MAX_BODY_BYTES};
 use crate::config::{parse_duration, ConfigError, Env};
 use crate::maintenance::{self, MaintenanceRaw, MaintenanceWindow};
 use crate::redact::{RedactedUrl, SecretUrl};
@@ -78,6 +79,9 @@ impl fmt::Display for ExpectedStatus {
     }
 }
 
+/// The kinds of check (`kind` in `apis.toml`).
+pub const KINDS: &[&str] = &["http", "tcp"];
+
 /// One endpoint to check, validated.
 #[derive(Clone)]
 pub struct Endpoint {
@@ -101,6 +105,32 @@ pub struct Endpoint {
     /// and one from https to http is refused. Otherwise a 3xx is the
     /// check's result.
     pub follow_redirects: bool,
+    /// What is checked: an HTTP request (the default) or a TCP connect.
+    pub probe: Probe,
+    /// What an HTTP answer must hold besides its status.
+    pub assertions: Assertions,
+}
+
+/// The kind of check of an endpoint (`kind` in `apis.toml`). Every kind
+/// writes the same `api_metrics` rows; its `url` column holds the target
+/// (`tcp://host:port` for a TCP check), and its response time is the
+/// request's or the connect's.
+#[derive(Clone, Debug)]
+pub enum Probe {
+    /// An HTTP request to `url`.
+    Http,
+    /// A TCP connect to `address` (`host:port`).
+    Tcp { address: String },
+}
+
+impl Probe {
+    /// The `kind` as written in `apis.toml`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Probe::Http => "http",
+            Probe::Tcp { .. } => "tcp",
+        }
+    }
 }
 
 impl fmt::Debug for Endpoint {
@@ -115,6 +145,8 @@ impl fmt::Debug for Endpoint {
             .field("timeout", &self.timeout)
             .field("interval", &self.interval)
             .field("follow_redirects", &self.follow_redirects)
+            .field("probe", &self.probe)
+            .field("assertions", &self.assertions)
             .finish()
     }
 }
@@ -139,13 +171,27 @@ struct DefaultsRaw {
     headers: BTreeMap<String, String>,
     expected_status: Option<StatusRaw>,
     follow_redirects: Option<bool>,
+    #[serde(default)]
+    expect_headers: BTreeMap<String, String>,
+    max_response_time: Option<DurationRaw>,
+    max_body_bytes: Option<i64>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ApiRaw {
     name: Option<String>,
+    kind: Option<String>,
     url: Option<String>,
+    address: Option<String>,
+    expect_body: Option<String>,
+    expect_body_regex: Option<String>,
+    #[serde(default)]
+    expect_json: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    expect_headers: BTreeMap<String, String>,
+    max_response_time: Option<DurationRaw>,
+    max_body_bytes: Option<i64>,
     method: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
@@ -262,14 +308,141 @@ pub fn parse(text: &str, source: &str, env: &Env) -> Result<Vec<Endpoint>, Confi
     Ok(out)
 }
 
-fn validate(api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoint, String> {
-    let name = api.name.ok_or("name: missing (expected a unique text)")?;
+fn validate(mut api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoint, String> {
+    let name = api
+        .name
+        .clone()
+        .ok_or("name: missing (expected a unique text)")?;
     let name = name.trim().to_string();
     if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
         return Err(format!(
             "name: expected 1 to 200 printable characters, got `{name}`"
         ));
     }
+    let kind = api.kind.as_deref().map(str::trim).unwrap_or("http");
+    if !KINDS.contains(&kind) {
+        return Err(format!(
+            "kind: expected one of \"{}\", got `{kind}`",
+            KINDS.join("\", \"")
+        ));
+    }
+    // Keys that belong to another kind are refused, naming the kind.
+    let http_only = [
+        ("url", api.url.is_some()),
+        ("method", api.method.is_some()),
+        ("headers", !api.headers.is_empty()),
+        ("body", api.body.is_some()),
+        ("expected_status", api.expected_status.is_some()),
+        ("follow_redirects", api.follow_redirects.is_some()),
+        ("expect_body", api.expect_body.is_some()),
+        ("expect_body_regex", api.expect_body_regex.is_some()),
+        ("expect_json", !api.expect_json.is_empty()),
+        ("expect_headers", !api.expect_headers.is_empty()),
+        ("max_body_bytes", api.max_body_bytes.is_some()),
+    ];
+    let per_kind = [("address", api.address.is_some(), "tcp")];
+    for (key, present, owner) in per_kind
+        .into_iter()
+        .chain(http_only.into_iter().map(|(k, p)| (k, p, "http")))
+    {
+        if present && owner != kind {
+            return Err(format!(
+                "{key}: only for kind = \"{owner}\" (this entry is kind = \"{kind}\")"
+            ));
+        }
+    }
+    let timeout = duration(
+        api.timeout.take().or(defaults.timeout.clone()),
+        DEFAULT_TIMEOUT,
+    )
+    .map_err(|m| format!("timeout: {m}"))?;
+    let interval = duration(
+        api.interval.take().or(defaults.interval.clone()),
+        DEFAULT_INTERVAL,
+    )
+    .map_err(|m| format!("interval: {m}"))?;
+    if timeout.is_zero() {
+        return Err("timeout: expected a duration above zero".into());
+    }
+    if interval < MIN_INTERVAL {
+        return Err(format!(
+            "interval: expected at least {} ms, got {} ms",
+            MIN_INTERVAL.as_millis(),
+            interval.as_millis()
+        ));
+    }
+    let max_response_time = match api
+        .max_response_time
+        .take()
+        .or(defaults.max_response_time.clone())
+    {
+        None => None,
+        Some(raw) => Some(
+            duration_value(raw)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or("max_response_time: expected a duration above zero, e.g. \"2s\"")?,
+        ),
+    };
+    let mut ep = Endpoint {
+        name,
+        url: SecretUrl::from(Url::parse("http://unset.invalid/").map_err(|e| e.to_string())?),
+        method: Method::GET,
+        headers: HeaderMap::new(),
+        body: None,
+        expected_status: ExpectedStatus::AnySuccess,
+        timeout,
+        interval,
+        follow_redirects: false,
+        probe: Probe::Http,
+        assertions: Assertions {
+            max_response_time,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            ..Assertions::default()
+        },
+    };
+    match kind {
+        "http" => http_entry(&mut ep, api, defaults, env)?,
+        "tcp" => {
+            let address = api
+                .address
+                .ok_or("address: missing (kind = \"tcp\" needs address = \"host:port\")")?;
+            let address = address.trim().to_string();
+            check_address(&address).map_err(|m| format!("address: {m}"))?;
+            ep.url = target(&format!("tcp://{address}"))?;
+            ep.probe = Probe::Tcp { address };
+        }
+        other => return Err(format!("kind: `{other}` is not handled")),
+    }
+    Ok(ep)
+}
+
+/// The `url` shown and stored for a check that is not an HTTP request.
+fn target(text: &str) -> Result<SecretUrl, String> {
+    Url::parse(text)
+        .map(SecretUrl::from)
+        .map_err(|e| format!("cannot describe the target `{text}` as a URL ({e})"))
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+fn check_address(address: &str) -> Result<(), String> {
+    let bad = || format!("expected \"host:port\" such as \"db.example.com:5432\", got `{address}`");
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if port == 0 || host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// The keys of a `kind = "http"` entry.
+fn http_entry(
+    ep: &mut Endpoint,
+    api: ApiRaw,
+    defaults: &DefaultsRaw,
+    env: &Env,
+) -> Result<(), String> {
     let raw_url = api
         .url
         .ok_or("url: missing (expected an http:// or https:// URL)")?;
@@ -283,16 +456,12 @@ fn validate(api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoint, 
             "url: expected an http:// or https:// URL with a host, got `{shown}`"
         ));
     }
-    let url = SecretUrl::new(url, raw_url.trim());
-    let method = match api.method {
-        None => Method::GET,
-        Some(m) => {
-            let upper = m.trim().to_ascii_uppercase();
-            Method::from_bytes(upper.as_bytes())
-                .map_err(|_| format!("method: expected an HTTP method such as GET, got `{m}`"))?
-        }
-    };
-    let mut headers = HeaderMap::new();
+    ep.url = SecretUrl::new(url, raw_url.trim());
+    if let Some(m) = api.method {
+        let upper = m.trim().to_ascii_uppercase();
+        ep.method = Method::from_bytes(upper.as_bytes())
+            .map_err(|_| format!("method: expected an HTTP method such as GET, got `{m}`"))?;
+    }
     for (k, v) in defaults.headers.iter().chain(api.headers.iter()) {
         let hname = HeaderName::from_bytes(k.as_bytes())
             .map_err(|_| format!("headers: `{k}` is not a valid header name"))?;
@@ -300,40 +469,60 @@ fn validate(api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoint, 
         let mut hvalue = HeaderValue::from_str(&value)
             .map_err(|_| format!("headers.{k}: the value is not a valid header value"))?;
         hvalue.set_sensitive(true);
-        headers.insert(hname, hvalue);
+        ep.headers.insert(hname, hvalue);
     }
-    let expected_status = match api.expected_status.or(defaults.expected_status.clone()) {
-        None => ExpectedStatus::AnySuccess,
-        Some(s) => status(s)?,
-    };
-    let timeout = duration(api.timeout.or(defaults.timeout.clone()), DEFAULT_TIMEOUT)
-        .map_err(|m| format!("timeout: {m}"))?;
-    let interval = duration(api.interval.or(defaults.interval.clone()), DEFAULT_INTERVAL)
-        .map_err(|m| format!("interval: {m}"))?;
-    if timeout.is_zero() {
-        return Err("timeout: expected a duration above zero".into());
+    ep.body = api.body;
+    if let Some(s) = api.expected_status.or(defaults.expected_status.clone()) {
+        ep.expected_status = status(s)?;
     }
-    if interval < MIN_INTERVAL {
-        return Err(format!(
-            "interval: expected at least {} ms, got {} ms",
-            MIN_INTERVAL.as_millis(),
-            interval.as_millis()
-        ));
+    ep.follow_redirects = api
+        .follow_redirects
+        .or(defaults.follow_redirects)
+        .unwrap_or(false);
+    let a = &mut ep.assertions;
+    a.body = api.expect_body;
+    if let Some(re) = api.expect_body_regex {
+        a.body_regex = Some(regex::Regex::new(&re).map_err(|e| {
+            // Its text spans lines (the pattern, a caret, the reason):
+            // the reason is the last.
+            let text = e.to_string();
+            let why = text
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            format!("expect_body_regex: invalid regular expression ({why})")
+        })?);
     }
-    Ok(Endpoint {
-        name,
-        url,
-        method,
-        headers,
-        body: api.body,
-        expected_status,
-        timeout,
-        interval,
-        follow_redirects: api
-            .follow_redirects
-            .or(defaults.follow_redirects)
-            .unwrap_or(false),
-    })
+    for (path, value) in api.expect_json {
+        let compiled = serde_json_path::JsonPath::parse(&path).map_err(|e| {
+            format!("expect_json: `{path}` is not a valid JSONPath (RFC 9535): {e}")
+        })?;
+        let expected = serde_json::to_value(&value)
+            .map_err(|e| format!("expect_json.`{path}`: the value cannot be JSON ({e})"))?;
+        a.json.push(JsonAssertion {
+            path_text: path,
+            path: compiled,
+            expected,
+        });
+    }
+    let mut expect_headers = defaults.expect_headers.clone();
+    expect_headers.extend(api.expect_headers);
+    for (k, v) in expect_headers {
+        let hname = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("expect_headers: `{k}` is not a valid header name"))?;
+        a.headers.push((hname, v));
+    }
+    if let Some(n) = api.max_body_bytes.or(defaults.max_body_bytes) {
+        if !(1..=1 << 30).contains(&n) {
+            return Err(format!(
+                "max_body_bytes: expected 1 to {} (1 GiB), got {n}",
+                1u64 << 30
+            ));
+        }
+        a.max_body_bytes = n as usize;
+    }
+    Ok(())
 }
 
 fn duration(raw: Option<DurationRaw>, default: Duration) -> Result<Duration, String> {
@@ -440,6 +629,117 @@ timeout = 2.5
         assert_eq!(b.expected_status, ExpectedStatus::Codes(vec![200, 204]));
         assert_eq!(b.headers.len(), 2);
         assert_eq!(b.body.as_deref(), Some("{}"));
+    }
+
+    #[test]
+    fn assertions_are_read_with_their_defaults() {
+        let eps = parse_ok(
+            r#"
+[defaults]
+max_response_time = "2s"
+expect_headers = { Content-Type = "application/json" }
+[[api]]
+name = "A"
+url = "https://a.test/health"
+expect_body = "ok"
+expect_body_regex = 'v\d+'
+expect_json = { "$.status" = "ok", "$.count" = 3 }
+expect_headers = { X-Region = "eu" }
+max_body_bytes = 4096
+[[api]]
+name = "B"
+url = "https://b.test/"
+max_response_time = "500ms"
+"#,
+        );
+        let a = &eps[0].assertions;
+        assert_eq!(a.body.as_deref(), Some("ok"));
+        assert_eq!(a.body_regex.as_ref().map(|r| r.as_str()), Some("v\\d+"));
+        assert_eq!(a.json.len(), 2);
+        assert_eq!(a.json[0].path_text, "$.count");
+        assert_eq!(a.json[0].expected, serde_json::json!(3));
+        assert_eq!(a.headers.len(), 2);
+        assert_eq!(a.max_body_bytes, 4096);
+        assert_eq!(a.max_response_time, Some(Duration::from_secs(2)));
+        let b = &eps[1].assertions;
+        assert!(!b.need_body());
+        assert_eq!(b.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(b.max_response_time, Some(Duration::from_millis(500)));
+        assert_eq!(
+            eps[0].assertions.describe(),
+            vec![
+                "body contains \"ok\"",
+                "body matches /v\\d+/",
+                "$.count == 3",
+                "$.status == \"ok\"",
+                "header content-type: \"application/json\"",
+                "header x-region: \"eu\"",
+                "response within 2s",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_tcp_entry_has_an_address_and_no_http_keys() {
+        let eps = parse_ok(
+            "[[api]]\nname = \"db\"\nkind = \"tcp\"\naddress = \"db.test:5432\"\n\
+             max_response_time = \"1s\"\n[[api]]\nname = \"v6\"\nkind = \"tcp\"\naddress = \"[::1]:22\"\n",
+        );
+        assert!(matches!(&eps[0].probe, Probe::Tcp { address } if address == "db.test:5432"));
+        assert_eq!(eps[0].url.redacted().as_str(), "tcp://db.test:5432");
+        assert_eq!(eps[0].probe.kind(), "tcp");
+        assert_eq!(
+            eps[0].assertions.max_response_time,
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(eps[1].url.redacted().as_str(), "tcp://[::1]:22");
+        for (entry, key) in [
+            (
+                "kind = \"tcp\"\naddress = \"h:1\"\nurl = \"http://a.test/\"",
+                "url: only for kind = \"http\"",
+            ),
+            (
+                "kind = \"tcp\"\naddress = \"h:1\"\nexpect_body = \"x\"",
+                "expect_body: only for kind = \"http\"",
+            ),
+            (
+                "url = \"http://a.test/\"\naddress = \"h:1\"",
+                "address: only for kind = \"tcp\"",
+            ),
+            ("kind = \"tcp\"", "address: missing"),
+            (
+                "kind = \"tcp\"\naddress = \"h\"",
+                "address: expected \"host:port\"",
+            ),
+            (
+                "kind = \"tcp\"\naddress = \"h:0\"",
+                "address: expected \"host:port\"",
+            ),
+            (
+                "kind = \"ping\"",
+                "kind: expected one of \"http\", \"tcp\", got `ping`",
+            ),
+            (
+                "url = \"http://a.test/\"\nexpect_json = { \"status\" = 1 }",
+                "expect_json: `status` is not a valid JSONPath",
+            ),
+            (
+                "url = \"http://a.test/\"\nexpect_body_regex = \"a{2\"",
+                "expect_body_regex: invalid regular expression",
+            ),
+            (
+                "url = \"http://a.test/\"\nmax_body_bytes = 0",
+                "max_body_bytes: expected 1 to",
+            ),
+            (
+                "url = \"http://a.test/\"\nmax_response_time = 0",
+                "max_response_time: expected a duration above zero",
+            ),
+        ] {
+            let err = parse_err(&format!("[[api]]\nname = \"A\"\n{entry}\n"));
+            assert_eq!(err.key, "apis.toml: api[0] \"A\"", "{entry}: {err}");
+            assert!(err.message.starts_with(key), "{entry}: `{key}` in {err}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! database access, and sharding.
 
 pub mod apis;
+pub mod assertions;
 pub mod backoff;
 pub mod config;
 pub mod db;

@@ -10,10 +10,12 @@ use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use apimon_core::apis::Endpoint;
+use apimon_core::apis::{Endpoint, Probe};
 use apimon_core::db::metrics::MetricRow;
 use chrono::{SubsecRound, Utc};
 use reqwest::{Method, StatusCode, Url};
+
+use crate::tcp;
 
 /// Why a check failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,9 @@ pub enum ErrorKind {
     Redirect,
     /// Anything else about the request (malformed response, protocol error).
     Request,
+    /// The answer came, with the expected status, but an assertion failed
+    /// (`expect_body`, `expect_json`, `expect_headers`, `max_response_time`…).
+    Assertion,
 }
 
 impl ErrorKind {
@@ -48,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Body => "body",
             ErrorKind::Redirect => "redirect",
             ErrorKind::Request => "request",
+            ErrorKind::Assertion => "assertion",
         }
     }
 }
@@ -90,12 +96,9 @@ impl Checker {
     }
 
     /// Checks `ep` once. Never fails: a failure is a row too.
-    #[tracing::instrument(skip_all, fields(api = %ep.name))]
+    #[tracing::instrument(skip_all, fields(api = %ep.name, kind = ep.probe.kind()))]
     pub async fn check(&self, ep: &Endpoint) -> MetricRow {
         let timestamp = Utc::now().trunc_subsecs(6);
-        let started = Instant::now();
-        let outcome = self.fetch(ep, started).await;
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let mut row = MetricRow {
             timestamp,
             api_name: ep.name.clone(),
@@ -107,32 +110,63 @@ impl Checker {
             error_kind: None,
             error_message: None,
         };
+        let started = Instant::now();
+        let outcome = match &ep.probe {
+            Probe::Http => self.check_http(ep, started).await,
+            Probe::Tcp { address } => tcp::connect(address, ep.timeout).await,
+        };
         match outcome {
-            Ok((status, size)) => {
-                row.status_code = Some(i32::from(status));
-                row.response_size_bytes = Some(size);
-                row.response_time_ms = Some(elapsed_ms);
-                if ep.expected_status.matches(status) {
-                    row.success = true;
-                } else {
-                    row.error_kind = Some(ErrorKind::HttpStatus.as_str().to_string());
-                    row.error_message =
-                        Some(format!("status {status}, expected {}", ep.expected_status));
-                }
+            Ok(done) => {
+                row.status_code = done.status.map(i32::from);
+                row.response_size_bytes = done.size;
+                row.response_time_ms = Some(done.elapsed.as_secs_f64() * 1000.0);
+                row.success = true;
             }
             Err(f) => {
                 row.status_code = f.status.map(i32::from);
+                row.response_size_bytes = f.size;
+                row.response_time_ms = f.elapsed.map(|e| e.as_secs_f64() * 1000.0);
                 row.error_kind = Some(f.kind.as_str().to_string());
-                row.error_message = Some(f.message);
+                row.error_message = Some(bounded(f.message));
             }
         }
         row
     }
 
+    /// An HTTP check: the request, its status, then its assertions.
+    async fn check_http(&self, ep: &Endpoint, started: Instant) -> Result<Done, Failure> {
+        let answer = self.fetch(ep, started).await?;
+        let elapsed = started.elapsed();
+        let fail = |kind: ErrorKind, message: String| Failure {
+            kind,
+            status: Some(answer.status),
+            message,
+            size: Some(answer.size),
+            elapsed: Some(elapsed),
+        };
+        if !ep.expected_status.matches(answer.status) {
+            return Err(fail(
+                ErrorKind::HttpStatus,
+                format!("status {}, expected {}", answer.status, ep.expected_status),
+            ));
+        }
+        if let Err(e) =
+            ep.assertions
+                .evaluate(&answer.headers, &answer.body, answer.truncated, elapsed)
+        {
+            return Err(fail(ErrorKind::Assertion, e.0));
+        }
+        Ok(Done {
+            status: Some(answer.status),
+            size: Some(answer.size),
+            elapsed,
+        })
+    }
+
     /// Sends the request, follows redirects when the endpoint says so, and
     /// reads the final body to its end, counting its bytes without keeping
     /// them. The endpoint's timeout covers every hop.
-    async fn fetch(&self, ep: &Endpoint, started: Instant) -> Result<(u16, i64), Failure> {
+    async fn fetch(&self, ep: &Endpoint, started: Instant) -> Result<Answer, Failure> {
         let origin = ep.url.expose().origin();
         let mut url = ep.url.expose().clone();
         let mut method = ep.method.clone();
@@ -191,7 +225,12 @@ impl Checker {
                     continue;
                 }
             }
-            return read_body(resp).await;
+            let keep = if ep.assertions.need_body() {
+                ep.assertions.max_body_bytes
+            } else {
+                0
+            };
+            return read_body(resp, keep).await;
         }
     }
 }
@@ -231,44 +270,96 @@ fn next_hop(
     Ok(Some(next))
 }
 
-/// A failed check: its kind, the status when a response head came, and
-/// what to store as its message (never the URL).
+/// A successful check: the status (HTTP), the size of the body (HTTP) and
+/// the time it took (to the end of the body, the connect, the resolve).
 #[derive(Debug)]
-struct Failure {
-    kind: ErrorKind,
-    status: Option<u16>,
-    message: String,
+pub(crate) struct Done {
+    pub status: Option<u16>,
+    pub size: Option<i64>,
+    pub elapsed: Duration,
+}
+
+/// A complete HTTP answer: its status, headers, size, and the first bytes
+/// of its body kept for the assertions.
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    size: i64,
+    body: Vec<u8>,
+    truncated: bool,
+}
+
+/// A failed check: its kind, the status when a response head came, and
+/// what to store as its message (never the URL); the size and the time
+/// when the answer was complete but not as expected.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub kind: ErrorKind,
+    pub status: Option<u16>,
+    pub message: String,
+    pub size: Option<i64>,
+    pub elapsed: Option<Duration>,
 }
 
 impl Failure {
-    fn new(kind: ErrorKind, status: Option<u16>, message: impl Into<String>) -> Failure {
+    pub(crate) fn new(kind: ErrorKind, status: Option<u16>, message: impl Into<String>) -> Failure {
         Failure {
             kind,
             status,
             message: message.into(),
+            size: None,
+            elapsed: None,
         }
     }
 
     fn from_reqwest(error: reqwest::Error, status: Option<u16>) -> Failure {
-        Failure {
-            kind: classify(&error),
-            status,
-            message: describe(error),
+        Failure::new(classify(&error), status, describe(error))
+    }
+}
+
+/// Reads the body to its end, counting its bytes and keeping the first
+/// `keep` of them (none when no assertion reads the body).
+async fn read_body(mut resp: reqwest::Response, keep: usize) -> Result<Answer, Failure> {
+    let status = resp.status().as_u16();
+    let headers = std::mem::take(resp.headers_mut());
+    let mut size: i64 = 0;
+    let mut body = Vec::new();
+    let mut truncated = false;
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                size += chunk.len() as i64;
+                let room = keep.saturating_sub(body.len());
+                if chunk.len() > room {
+                    truncated |= keep > 0;
+                }
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) => {
+                return Ok(Answer {
+                    status,
+                    headers,
+                    size,
+                    body,
+                    truncated,
+                })
+            }
+            Err(error) => return Err(Failure::from_reqwest(error, Some(status))),
         }
     }
 }
 
-/// Reads the body to its end, counting its bytes without keeping them.
-async fn read_body(mut resp: reqwest::Response) -> Result<(u16, i64), Failure> {
-    let status = resp.status().as_u16();
-    let mut size: i64 = 0;
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => size += chunk.len() as i64,
-            Ok(None) => return Ok((status, size)),
-            Err(error) => return Err(Failure::from_reqwest(error, Some(status))),
+/// `s` cut to [`MAX_MESSAGE`] bytes, on a character boundary.
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
         }
+        s.truncate(cut);
+        s.push('…');
     }
+    s
 }
 
 /// Tells a failure's kind from the types in the error's chain of causes,
@@ -357,17 +448,7 @@ fn chain_text(err: &reqwest::Error) -> String {
 /// The error's message with its causes, without the URL (it may carry a
 /// token in its query), cut to a sane length.
 fn describe(err: reqwest::Error) -> String {
-    let err = err.without_url();
-    let mut s = chain_text(&err);
-    if s.len() > MAX_MESSAGE {
-        let mut cut = MAX_MESSAGE;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push('…');
-    }
-    s
+    bounded(chain_text(&err.without_url()))
 }
 
 #[cfg(test)]

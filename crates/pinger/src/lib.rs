@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod stats;
+mod tcp;
 pub mod writer;
 
 use std::future::Future;
@@ -57,6 +58,30 @@ impl RunOutcome {
 
 /// The tables the pinger keeps `RETENTION_DAYS` of: its checks, and the
 /// endpoints retired longer ago than that (once their checks are gone).
+/// One line of `pinger --check-config`: name, what is checked (the URL
+/// redacted: no userinfo, no query values), schedule, and what must hold.
+pub fn describe(ep: &apimon_core::apis::Endpoint) -> String {
+    use apimon_core::apis::Probe;
+    let target = match &ep.probe {
+        Probe::Http => format!("{} {}", ep.method, ep.url.redacted()),
+        Probe::Tcp { address } => format!("tcp {address}"),
+    };
+    let mut line = format!(
+        "{}\t{target}\tevery {:?}\ttimeout {:?}",
+        ep.name, ep.interval, ep.timeout
+    );
+    if matches!(ep.probe, Probe::Http) {
+        line.push_str(&format!("\texpect {}", ep.expected_status));
+    }
+    for a in ep.assertions.describe() {
+        line.push_str(&format!("\t{a}"));
+    }
+    if ep.follow_redirects {
+        line.push_str("\tfollows redirects");
+    }
+    line
+}
+
 pub fn retention_rules(retention_days: u32) -> Vec<Rule> {
     vec![
         Rule::new(Table::ApiMetrics, retention_days),

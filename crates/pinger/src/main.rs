@@ -39,21 +39,7 @@ fn main() -> ExitCode {
     };
     if cli.check_config {
         for ep in cfg.owned_endpoints() {
-            // The URL redacted: no userinfo, no query values.
-            println!(
-                "{}\t{} {}\tevery {:?}\ttimeout {:?}\texpect {}{}",
-                ep.name,
-                ep.method,
-                ep.url.redacted(),
-                ep.interval,
-                ep.timeout,
-                ep.expected_status,
-                if ep.follow_redirects {
-                    "\tfollows redirects"
-                } else {
-                    ""
-                }
-            );
+            println!("{}", pinger::describe(&ep));
         }
         return ExitCode::SUCCESS;
     }

@@ -276,6 +276,42 @@ fn configuration_errors_exit_2_with_one_line_naming_the_problem() {
         ("bad endpoint url", vec![], "[[api]]\nname = \"A\"\nurl = \"ftp://a.test/\"\n", "api[0] \"A\": url"),
         ("bad timeout", vec![], "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\ntimeout = \"soon\"\n", "timeout"),
         (
+            "invalid JSONPath",
+            vec![],
+            "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\nexpect_json = { \"$.status[\" = \"ok\" }\n",
+            "api[0] \"A\": expect_json: `$.status[` is not a valid JSONPath",
+        ),
+        (
+            "invalid regex",
+            vec![],
+            "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\nexpect_body_regex = \"(ok\"\n",
+            "api[0] \"A\": expect_body_regex: invalid regular expression",
+        ),
+        (
+            "unknown kind",
+            vec![],
+            "[[api]]\nname = \"A\"\nkind = \"smtp\"\naddress = \"a.test:25\"\n",
+            "api[0] \"A\": kind: expected",
+        ),
+        (
+            "tcp without address",
+            vec![],
+            "[[api]]\nname = \"A\"\nkind = \"tcp\"\n",
+            "api[0] \"A\": address: missing",
+        ),
+        (
+            "tcp with a url",
+            vec![],
+            "[[api]]\nname = \"A\"\nkind = \"tcp\"\naddress = \"a.test:5432\"\nurl = \"http://a.test/\"\n",
+            "api[0] \"A\": url: only for kind = \"http\"",
+        ),
+        (
+            "bad max_response_time",
+            vec![],
+            "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\nmax_response_time = \"fast\"\n",
+            "api[0] \"A\": max_response_time",
+        ),
+        (
             "bad maintenance window",
             vec![],
             "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\n[[maintenance]]\ncron = \"0 2 * * SUN\"\nduration = \"2h\"\ntimezone = \"Mars/Base\"\n",

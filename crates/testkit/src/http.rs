@@ -31,6 +31,12 @@ pub enum Reply {
     Close,
     /// `code` (a 3xx) with a `Location` header, at once.
     Redirect { code: u16, location: String },
+    /// 200 with `body` and the `headers` given (instead of the JSON
+    /// content type), at once.
+    Body {
+        headers: Vec<(String, String)>,
+        body: String,
+    },
 }
 
 impl Reply {
@@ -57,6 +63,17 @@ impl Reply {
         Reply::Redirect {
             code,
             location: location.into(),
+        }
+    }
+
+    /// 200 with `body` and `headers`, at once.
+    pub fn body(body: impl Into<String>, headers: &[(&str, &str)]) -> Reply {
+        Reply::Body {
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.into(),
         }
     }
 
@@ -169,6 +186,19 @@ async fn serve(mut stream: TcpStream, routes: Routes, requests: Arc<Mutex<Vec<Re
         match reply {
             None => {
                 if write_response(&mut stream, 404, "not found").await.is_err() {
+                    return;
+                }
+            }
+            Some(Reply::Body { headers, body }) => {
+                let mut head = String::from("HTTP/1.1 200 OK\r\n");
+                for (k, v) in &headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+                if stream.write_all(head.as_bytes()).await.is_err()
+                    || stream.write_all(body.as_bytes()).await.is_err()
+                    || stream.flush().await.is_err()
+                {
                     return;
                 }
             }
