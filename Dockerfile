@@ -24,7 +24,7 @@ RUN mkdir -p migrations crates/core/src crates/testkit/src crates/nab-eval/src \
     && touch crates/core/src/lib.rs crates/testkit/src/lib.rs crates/pinger/src/lib.rs \
         crates/detector/src/lib.rs crates/alerter/src/lib.rs crates/nab-eval/src/lib.rs \
     && for b in pinger detector alerter nab-eval; do echo 'fn main() {}' > crates/$b/src/main.rs; done \
-    && for f in pinger/benches/load detector/benches/detector detector/benches/storage testkit/benches/scale alerter/benches/alert_quality; do echo 'fn main() {}' > crates/$f.rs; done \
+    && for f in pinger/benches/load detector/benches/detector detector/benches/storage detector/benches/refresh testkit/benches/scale alerter/benches/alert_quality; do echo 'fn main() {}' > crates/$f.rs; done \
     && cargo build --release --locked -p pinger -p detector -p alerter \
     && rm -rf crates/*/src
 COPY migrations migrations
