@@ -34,6 +34,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use url::Url;
 
@@ -80,7 +81,32 @@ impl fmt::Display for ExpectedStatus {
 }
 
 /// The kinds of check (`kind` in `apis.toml`).
-pub const KINDS: &[&str] = &["http", "tcp"];
+pub const KINDS: &[&str] = &["http", "tcp", "heartbeat"];
+
+/// A `kind = "heartbeat"` check.
+#[derive(Clone)]
+pub struct HeartbeatProbe {
+    /// The secret of `POST /heartbeat/<token>`; never printed.
+    pub token: secrecy::SecretString,
+    /// How late a heartbeat may be beyond `interval` (`grace`).
+    pub grace: Duration,
+}
+
+impl fmt::Debug for HeartbeatProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeartbeatProbe")
+            .field("token", &"[redacted]")
+            .field("grace", &self.grace)
+            .finish()
+    }
+}
+
+/// Default `grace` of a heartbeat.
+pub const DEFAULT_HEARTBEAT_GRACE: Duration = Duration::from_secs(60);
+
+/// Shortest heartbeat token accepted: it is the only secret of the push
+/// URL.
+pub const MIN_TOKEN_LEN: usize = 16;
 
 /// One endpoint to check, validated.
 #[derive(Clone)]
@@ -105,7 +131,8 @@ pub struct Endpoint {
     /// and one from https to http is refused. Otherwise a 3xx is the
     /// check's result.
     pub follow_redirects: bool,
-    /// What is checked: an HTTP request (the default) or a TCP connect.
+    /// What is checked: an HTTP request (the default), a TCP connect, or
+    /// heartbeats pushed to the pinger.
     pub probe: Probe,
     /// What an HTTP answer must hold besides its status.
     pub assertions: Assertions,
@@ -121,6 +148,10 @@ pub enum Probe {
     Http,
     /// A TCP connect to `address` (`host:port`).
     Tcp { address: String },
+    /// Heartbeats pushed to `POST /heartbeat/<token>` on the pinger's HTTP
+    /// port (a cron job, a batch worker); none for `interval + grace` is a
+    /// failed check.
+    Heartbeat(HeartbeatProbe),
 }
 
 impl Probe {
@@ -129,6 +160,7 @@ impl Probe {
         match self {
             Probe::Http => "http",
             Probe::Tcp { .. } => "tcp",
+            Probe::Heartbeat(_) => "heartbeat",
         }
     }
 }
@@ -184,6 +216,8 @@ struct ApiRaw {
     kind: Option<String>,
     url: Option<String>,
     address: Option<String>,
+    token: Option<String>,
+    grace: Option<DurationRaw>,
     expect_body: Option<String>,
     expect_body_regex: Option<String>,
     #[serde(default)]
@@ -304,6 +338,20 @@ pub fn parse(text: &str, source: &str, env: &Env) -> Result<Vec<Endpoint>, Confi
         }
         out.push(ep);
     }
+    // A token names one endpoint: two with the same would be ambiguous.
+    for (i, a) in out.iter().enumerate() {
+        if let Probe::Heartbeat(h) = &a.probe {
+            let same = out[..i].iter().any(|b| {
+                matches!(&b.probe, Probe::Heartbeat(o) if o.token.expose_secret() == h.token.expose_secret())
+            });
+            if same {
+                return Err(ConfigError::new(
+                    format!("{source}: api[{i}] \"{}\"", a.name),
+                    "token: the same as another heartbeat's: give each its own",
+                ));
+            }
+        }
+    }
     maintenance_windows(raw.maintenance, source)?;
     Ok(out)
 }
@@ -340,7 +388,11 @@ fn validate(mut api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoi
         ("expect_headers", !api.expect_headers.is_empty()),
         ("max_body_bytes", api.max_body_bytes.is_some()),
     ];
-    let per_kind = [("address", api.address.is_some(), "tcp")];
+    let per_kind = [
+        ("address", api.address.is_some(), "tcp"),
+        ("token", api.token.is_some(), "heartbeat"),
+        ("grace", api.grace.is_some(), "heartbeat"),
+    ];
     for (key, present, owner) in per_kind
         .into_iter()
         .chain(http_only.into_iter().map(|(k, p)| (k, p, "http")))
@@ -411,6 +463,29 @@ fn validate(mut api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoi
             check_address(&address).map_err(|m| format!("address: {m}"))?;
             ep.url = target(&format!("tcp://{address}"))?;
             ep.probe = Probe::Tcp { address };
+        }
+        "heartbeat" => {
+            let token = api.token.ok_or(
+                "token: missing (kind = \"heartbeat\" needs a secret token, e.g. token = \"${JOB_TOKEN}\")",
+            )?;
+            let token = expand_env(token.trim(), env).map_err(|m| format!("token: {m}"))?;
+            if token.len() < MIN_TOKEN_LEN
+                || !token
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+            {
+                return Err(format!(
+                    "token: expected at least {MIN_TOKEN_LEN} characters from A-Z a-z 0-9 - _ . ~ \
+                     (it is the secret part of POST /heartbeat/<token>)"
+                ));
+            }
+            let grace =
+                duration(api.grace, DEFAULT_HEARTBEAT_GRACE).map_err(|m| format!("grace: {m}"))?;
+            ep.url = target("heartbeat://pinger/heartbeat/REDACTED")?;
+            ep.probe = Probe::Heartbeat(HeartbeatProbe {
+                token: token.into(),
+                grace,
+            });
         }
         other => return Err(format!("kind: `{other}` is not handled")),
     }

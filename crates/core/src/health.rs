@@ -174,12 +174,23 @@ async fn metrics_text(State(s): State<AppState>) -> (StatusCode, String) {
 /// `addr` is set, the metrics recorder and the `/healthz` + `/metrics`
 /// server (stopping on SIGTERM). `key` names the port's variable in errors.
 pub async fn start(addr: Option<SocketAddr>, key: &str) -> Result<Arc<Health>, String> {
+    start_with(addr, key, Router::new()).await
+}
+
+/// [`start`], serving the routes of `extra` beside `/healthz` and
+/// `/metrics` (the pinger's `POST /heartbeat/<token>`).
+pub async fn start_with(
+    addr: Option<SocketAddr>,
+    key: &str,
+    extra: Router,
+) -> Result<Arc<Health>, String> {
     let health = Health::new(Duration::from_secs(30));
     if let Some(addr) = addr {
         serve(
             addr,
             health.clone(),
             install_metrics(),
+            extra,
             crate::shutdown::signal(),
         )
         .await
@@ -188,18 +199,20 @@ pub async fn start(addr: Option<SocketAddr>, key: &str) -> Result<Arc<Health>, S
     Ok(health)
 }
 
-/// Binds `addr` and serves `/healthz` and `/metrics` until `shutdown`.
-/// Returns the bound address (port 0 picks one).
+/// Binds `addr` and serves `/healthz`, `/metrics` and the routes of
+/// `extra` until `shutdown`. Returns the bound address (port 0 picks one).
 pub async fn serve(
     addr: SocketAddr,
     health: Arc<Health>,
     metrics: Option<PrometheusHandle>,
+    extra: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .with_state(AppState { health, metrics });
+        .with_state(AppState { health, metrics })
+        .merge(extra);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {

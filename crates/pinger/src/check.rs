@@ -40,6 +40,8 @@ pub enum ErrorKind {
     /// The answer came, with the expected status, but an assertion failed
     /// (`expect_body`, `expect_json`, `expect_headers`, `max_response_time`…).
     Assertion,
+    /// A heartbeat endpoint got none for longer than `interval + grace`.
+    Missed,
 }
 
 impl ErrorKind {
@@ -54,6 +56,7 @@ impl ErrorKind {
             ErrorKind::Redirect => "redirect",
             ErrorKind::Request => "request",
             ErrorKind::Assertion => "assertion",
+            ErrorKind::Missed => "missed",
         }
     }
 }
@@ -114,6 +117,12 @@ impl Checker {
         let outcome = match &ep.probe {
             Probe::Http => self.check_http(ep, started).await,
             Probe::Tcp { address } => tcp::connect(address, ep.timeout).await,
+            // Scheduled apart (crate::heartbeat): no request to make.
+            Probe::Heartbeat(_) => Err(Failure::new(
+                ErrorKind::Request,
+                None,
+                "a heartbeat endpoint is not checked by a request",
+            )),
         };
         match outcome {
             Ok(done) => {

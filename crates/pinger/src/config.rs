@@ -80,6 +80,21 @@ impl PingerConfig {
             ));
         }
         let http = apimon_core::health::http_addr(env, "pinger", 9101)?;
+        if http.is_none() {
+            if let Some(ep) = endpoints
+                .iter()
+                .find(|e| matches!(e.probe, apis::Probe::Heartbeat(_)))
+            {
+                return Err(ConfigError::new(
+                    "PINGER_HTTP_PORT",
+                    format!(
+                        "0 turns off the HTTP port, where heartbeat endpoints such as `{}` \
+                         receive POST /heartbeat/<token>: give it a port",
+                        ep.name
+                    ),
+                ));
+            }
+        }
         Ok(PingerConfig {
             http,
             db,

@@ -12,6 +12,7 @@ pub mod buffer;
 pub mod catalog;
 pub mod check;
 pub mod config;
+pub mod heartbeat;
 pub mod stats;
 mod tcp;
 pub mod writer;
@@ -20,7 +21,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apimon_core::apis::Endpoint;
+use apimon_core::apis::{Endpoint, Probe};
 use apimon_core::health::Health;
 use apimon_core::retention::{self, Rule, Table};
 use apimon_core::shard::stable_hash;
@@ -61,10 +62,13 @@ impl RunOutcome {
 /// One line of `pinger --check-config`: name, what is checked (the URL
 /// redacted: no userinfo, no query values), schedule, and what must hold.
 pub fn describe(ep: &apimon_core::apis::Endpoint) -> String {
-    use apimon_core::apis::Probe;
     let target = match &ep.probe {
         Probe::Http => format!("{} {}", ep.method, ep.url.redacted()),
         Probe::Tcp { address } => format!("tcp {address}"),
+        Probe::Heartbeat(h) => format!(
+            "heartbeat POST /heartbeat/<token> (grace {})",
+            humantime::format_duration(h.grace)
+        ),
     };
     let mut line = format!(
         "{}\t{target}\tevery {:?}\ttimeout {:?}",
@@ -142,7 +146,7 @@ pub async fn run_with_health(
         stop_rx.clone(),
     ));
     let writer = Writer {
-        pool,
+        pool: pool.clone(),
         buffer: buffer.clone(),
         stats: stats.clone(),
         flush_interval: cfg.flush_interval,
@@ -165,7 +169,10 @@ pub async fn run_with_health(
         let first_due = start + first_check_offset(&ep.name, ep.interval);
         loops.spawn(endpoint_loop(
             ep,
-            checker.clone(),
+            Probers {
+                checker: checker.clone(),
+                pool: pool.clone(),
+            },
             buffer.clone(),
             stats.clone(),
             stop_rx.clone(),
@@ -174,7 +181,15 @@ pub async fn run_with_health(
         ));
     }
 
-    let all_done = async { while loops.join_next().await.is_some() {} };
+    // A replica that owns no endpoint stays up until told to stop: it
+    // still takes heartbeats (and a restart loop would help nobody).
+    let idle = loops.is_empty() && max_rounds.is_none();
+    let all_done = async {
+        if idle {
+            std::future::pending::<()>().await;
+        }
+        while loops.join_next().await.is_some() {}
+    };
     let finished = tokio::select! {
         _ = shutdown => false,
         _ = all_done => true,
@@ -254,15 +269,23 @@ impl ShutdownBudget {
     }
 }
 
+/// What an endpoint's loop checks with: the HTTP client (and TCP), and the
+/// database for heartbeats.
+struct Probers {
+    checker: Checker,
+    pool: PgPool,
+}
+
 async fn endpoint_loop(
     ep: Endpoint,
-    checker: Checker,
+    probers: Probers,
     buffer: Arc<Buffer>,
     stats: Arc<Stats>,
     mut stop: watch::Receiver<bool>,
     first_due: Instant,
     max_rounds: Option<u64>,
 ) {
+    let watching_since = chrono::Utc::now();
     let mut timer = tokio::time::interval_at(first_due, ep.interval);
     timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut done = 0u64;
@@ -276,7 +299,21 @@ async fn endpoint_loop(
             break;
         }
         let late = due.elapsed();
-        let row = checker.check(&ep).await;
+        let row = match &ep.probe {
+            Probe::Heartbeat(h) => {
+                match heartbeat::check(&probers.pool, &ep, h, watching_since).await {
+                    Some(row) => row,
+                    None => {
+                        done += 1;
+                        if max_rounds.is_some_and(|m| done >= m) {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            _ => probers.checker.check(&ep).await,
+        };
         if !row.success {
             tracing::warn!(
                 api = %ep.name,

@@ -84,7 +84,10 @@ async fn serve(cfg: PingerConfig, rounds: Option<u64>) -> anyhow::Result<RunOutc
     // cannot be reached is an outage: checks go on, rows wait in memory.
     db::probe(&cfg.db).await?;
     let pool = db::lazy_pool(&cfg.db);
-    let health = apimon_core::health::start(cfg.http, "PINGER_HTTP_PORT")
+    // Heartbeats of every endpoint of the file are received here, whatever
+    // this replica's shard: a job may reach any replica.
+    let heartbeats = pinger::heartbeat::routes(pool.clone(), &cfg.endpoints);
+    let health = apimon_core::health::start_with(cfg.http, "PINGER_HTTP_PORT", heartbeats)
         .await
         .map_err(anyhow::Error::msg)?;
     pinger::catalog::register(&cfg.owned_endpoints());

@@ -306,6 +306,31 @@ fn configuration_errors_exit_2_with_one_line_naming_the_problem() {
             "api[0] \"A\": url: only for kind = \"http\"",
         ),
         (
+            "heartbeat without a token",
+            vec![],
+            "[[api]]\nname = \"A\"\nkind = \"heartbeat\"\n",
+            "api[0] \"A\": token: missing",
+        ),
+        (
+            "heartbeat with a short token",
+            vec![("JOB_TOKEN", "short")],
+            "[[api]]\nname = \"A\"\nkind = \"heartbeat\"\ntoken = \"${JOB_TOKEN}\"\n",
+            "api[0] \"A\": token: expected at least 16 characters",
+        ),
+        (
+            "two heartbeats with one token",
+            vec![],
+            "[[api]]\nname = \"A\"\nkind = \"heartbeat\"\ntoken = \"0123456789abcdef\"\n\
+             [[api]]\nname = \"B\"\nkind = \"heartbeat\"\ntoken = \"0123456789abcdef\"\n",
+            "api[1] \"B\": token: the same as another heartbeat's",
+        ),
+        (
+            "heartbeat with the HTTP port off",
+            vec![("PINGER_HTTP_PORT", "0")],
+            "[[api]]\nname = \"A\"\nkind = \"heartbeat\"\ntoken = \"0123456789abcdef\"\n",
+            "PINGER_HTTP_PORT: 0 turns off the HTTP port, where heartbeat endpoints such as `A`",
+        ),
+        (
             "bad max_response_time",
             vec![],
             "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\nmax_response_time = \"fast\"\n",

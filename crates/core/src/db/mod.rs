@@ -3,6 +3,7 @@
 
 pub mod anomalies;
 pub mod endpoints;
+pub mod heartbeats;
 pub mod incidents;
 pub mod metrics;
 pub mod models;
