@@ -113,3 +113,39 @@ fn the_services_use_the_compose_database_with_the_settings_it_got() {
             .starts_with("${GRAFANA_DB_PASSWORD"));
     }
 }
+
+/// The Dockerfile compiles the dependencies in a layer of their own, with
+/// stub sources for every target cargo would look for: a `[[bench]]` added
+/// to a crate without its stub there breaks `docker compose build` (the
+/// detector's `refresh` bench did).
+#[test]
+fn every_declared_target_has_a_stub_in_the_dockerfiles_dependency_layer() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root().join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(text) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
+            continue;
+        };
+        let manifest: toml::Value = toml::from_str(&text).unwrap();
+        let krate = dir.file_name().unwrap().to_str().unwrap().to_string();
+        for (section, folder) in [("bench", "benches"), ("test", "tests"), ("bin", "src/bin")] {
+            for target in manifest
+                .get(section)
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+            {
+                let name = target["name"].as_str().unwrap();
+                let stub = format!("{krate}/{folder}/{name}");
+                assert!(
+                    dockerfile.contains(&stub),
+                    "crates/{krate}/Cargo.toml declares [[{section}]] `{name}`, but the Dockerfile \
+                     makes no stub `crates/{stub}.rs` for its dependency layer"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 6, "found {checked} declared targets");
+}
