@@ -15,6 +15,7 @@ use apimon_core::db::metrics::MetricRow;
 use chrono::{SubsecRound, Utc};
 use reqwest::{Method, StatusCode, Url};
 
+use crate::dns;
 use crate::tcp;
 
 /// Why a check failed.
@@ -64,10 +65,13 @@ const MAX_MESSAGE: usize = 1000;
 /// Most redirects followed in one check.
 pub const MAX_REDIRECTS: usize = 10;
 
-/// Sends checks through one shared HTTP client (one connection pool).
+/// Sends checks through one shared HTTP client (one connection pool) and
+/// one DNS resolver per resolver address.
 #[derive(Clone)]
 pub struct Checker {
     client: reqwest::Client,
+    /// The resolvers of `kind = "dns"` checks, built as they are needed.
+    resolvers: dns::Resolvers,
 }
 
 impl Checker {
@@ -92,6 +96,7 @@ impl Checker {
         }
         Ok(Checker {
             client: builder.build()?,
+            resolvers: dns::Resolvers::default(),
         })
     }
 
@@ -114,6 +119,11 @@ impl Checker {
         let outcome = match &ep.probe {
             Probe::Http => self.check_http(ep, started).await,
             Probe::Tcp { address } => tcp::connect(address, ep.timeout).await,
+            Probe::Dns(probe) => {
+                self.resolvers
+                    .check(probe, ep.timeout, &ep.assertions)
+                    .await
+            }
         };
         match outcome {
             Ok(done) => {

@@ -12,6 +12,7 @@ pub mod buffer;
 pub mod catalog;
 pub mod check;
 pub mod config;
+mod dns;
 pub mod stats;
 mod tcp;
 pub mod writer;
@@ -65,6 +66,13 @@ pub fn describe(ep: &apimon_core::apis::Endpoint) -> String {
     let target = match &ep.probe {
         Probe::Http => format!("{} {}", ep.method, ep.url.redacted()),
         Probe::Tcp { address } => format!("tcp {address}"),
+        Probe::Dns(dns) => {
+            let mut t = format!("dns {} {}", dns.record_type, dns.name);
+            if let Some(server) = dns.resolver {
+                t.push_str(&format!(" @{server}"));
+            }
+            t
+        }
     };
     let mut line = format!(
         "{}\t{target}\tevery {:?}\ttimeout {:?}",
@@ -72,6 +80,12 @@ pub fn describe(ep: &apimon_core::apis::Endpoint) -> String {
     );
     if matches!(ep.probe, Probe::Http) {
         line.push_str(&format!("\texpect {}", ep.expected_status));
+    }
+    if let Probe::Dns(apimon_core::apis::DnsProbe {
+        expect: Some(want), ..
+    }) = &ep.probe
+    {
+        line.push_str(&format!("\texpect {}", want.escape_debug()));
     }
     for a in ep.assertions.describe() {
         line.push_str(&format!("\t{a}"));
