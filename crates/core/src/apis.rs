@@ -14,6 +14,19 @@
 //! interval = "15s"                     # optional
 //! headers = { Authorization = "Bearer ${GITHUB_TOKEN}" }   # optional
 //! follow_redirects = false             # optional, default false
+//!
+//! [[api]]
+//! name = "db port"
+//! kind = "tcp"                         # a TCP connect
+//! address = "db.example.com:5432"
+//!
+//! [[api]]
+//! name = "api record"
+//! kind = "dns"                         # a DNS query
+//! dns_name = "api.example.com"
+//! record_type = "A"                    # optional, default A
+//! expect = "192.0.2.10"                # optional: an answer that must be there
+//! resolver = "192.0.2.53:53"           # optional, default the system's
 //! ```
 //!
 //! The URL and header values may name environment variables as `${NAME}`,
@@ -30,6 +43,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -80,9 +94,6 @@ impl fmt::Display for ExpectedStatus {
     }
 }
 
-/// The kinds of check (`kind` in `apis.toml`).
-pub const KINDS: &[&str] = &["http", "tcp", "heartbeat"];
-
 /// A `kind = "heartbeat"` check.
 #[derive(Clone)]
 pub struct HeartbeatProbe {
@@ -108,6 +119,9 @@ pub const DEFAULT_HEARTBEAT_GRACE: Duration = Duration::from_secs(60);
 /// URL.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// The kinds of check (`kind` in `apis.toml`).
+pub const KINDS: &[&str] = &["http", "tcp", "dns", "heartbeat"];
+
 /// One endpoint to check, validated.
 #[derive(Clone)]
 pub struct Endpoint {
@@ -131,8 +145,8 @@ pub struct Endpoint {
     /// and one from https to http is refused. Otherwise a 3xx is the
     /// check's result.
     pub follow_redirects: bool,
-    /// What is checked: an HTTP request (the default), a TCP connect, or
-    /// heartbeats pushed to the pinger.
+    /// What is checked: an HTTP request (the default), a TCP connect, a DNS
+    /// query, or heartbeats pushed to the pinger.
     pub probe: Probe,
     /// What an HTTP answer must hold besides its status.
     pub assertions: Assertions,
@@ -140,8 +154,9 @@ pub struct Endpoint {
 
 /// The kind of check of an endpoint (`kind` in `apis.toml`). Every kind
 /// writes the same `api_metrics` rows; its `url` column holds the target
-/// (`tcp://host:port` for a TCP check), and its response time is the
-/// request's or the connect's.
+/// (`tcp://host:port` for a TCP check, `dns://resolver/name/TYPE` for a
+/// DNS check), and its response time is the request's, the connect's or
+/// the resolve's.
 #[derive(Clone, Debug)]
 pub enum Probe {
     /// An HTTP request to `url`.
@@ -152,6 +167,8 @@ pub enum Probe {
     /// port (a cron job, a batch worker); none for `interval + grace` is a
     /// failed check.
     Heartbeat(HeartbeatProbe),
+    /// A DNS query.
+    Dns(DnsProbe),
 }
 
 impl Probe {
@@ -161,7 +178,187 @@ impl Probe {
             Probe::Http => "http",
             Probe::Tcp { .. } => "tcp",
             Probe::Heartbeat(_) => "heartbeat",
+            Probe::Dns(_) => "dns",
         }
+    }
+}
+
+/// One DNS query of a `kind = "dns"` entry, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsProbe {
+    /// The name asked for (`dns_name`), ASCII, without its trailing dot:
+    /// it is always asked as written, never completed with the system's
+    /// search domains.
+    pub name: String,
+    /// `record_type`, A by default.
+    pub record_type: DnsRecordType,
+    /// `expect`: an answer that must be among those of `record_type`, in
+    /// its canonical text (see [`DnsRecordType::canonical_expect`]).
+    pub expect: Option<String>,
+    /// `resolver` (`ip:port`); `None` for the system's configuration.
+    pub resolver: Option<SocketAddr>,
+}
+
+/// The record types a DNS check may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DnsRecordType {
+    A,
+    Aaaa,
+    Cname,
+    Mx,
+    Ns,
+    Txt,
+    Srv,
+    Caa,
+    Soa,
+    Ptr,
+}
+
+impl DnsRecordType {
+    pub const ALL: [DnsRecordType; 10] = [
+        DnsRecordType::A,
+        DnsRecordType::Aaaa,
+        DnsRecordType::Cname,
+        DnsRecordType::Mx,
+        DnsRecordType::Ns,
+        DnsRecordType::Txt,
+        DnsRecordType::Srv,
+        DnsRecordType::Caa,
+        DnsRecordType::Soa,
+        DnsRecordType::Ptr,
+    ];
+
+    /// Its name in upper case, as DNS tools write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsRecordType::A => "A",
+            DnsRecordType::Aaaa => "AAAA",
+            DnsRecordType::Cname => "CNAME",
+            DnsRecordType::Mx => "MX",
+            DnsRecordType::Ns => "NS",
+            DnsRecordType::Txt => "TXT",
+            DnsRecordType::Srv => "SRV",
+            DnsRecordType::Caa => "CAA",
+            DnsRecordType::Soa => "SOA",
+            DnsRecordType::Ptr => "PTR",
+        }
+    }
+
+    /// The type named `text`, in any case.
+    pub fn parse(text: &str) -> Option<DnsRecordType> {
+        let text = text.trim();
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(text))
+    }
+
+    /// `expect` in the canonical text of an answer of this type, which is
+    /// what the pinger makes of each answer before comparing:
+    ///
+    /// | type | canonical text |
+    /// |------|----------------|
+    /// | A, AAAA | the address (`192.0.2.10`, `2001:db8::10` as RFC 5952 writes it) |
+    /// | CNAME, NS, PTR | the name (`target.example.com`) |
+    /// | MX | preference and exchange (`10 mail.example.com`) |
+    /// | SRV | priority, weight, port and target (`10 5 443 sip.example.com`) |
+    /// | TXT | the record's strings joined, exactly (case matters) |
+    /// | CAA | flags, tag and value unquoted (`0 issue letsencrypt.org`) |
+    /// | SOA | mname rname serial refresh retry expire minimum |
+    ///
+    /// Names are in lower case without their trailing dot; fields are
+    /// separated by one space. So `expect` may write a name in any case,
+    /// with or without its trailing dot, and an address in any valid form.
+    pub fn canonical_expect(self, text: &str) -> Result<String, String> {
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let bad = |form: &str| {
+            format!(
+                "expected {form} for record_type = \"{}\", got `{}`",
+                self.as_str(),
+                text.escape_debug()
+            )
+        };
+        let number = |t: &str, form: &str| -> Result<String, String> {
+            t.parse::<u32>()
+                .map(|n| n.to_string())
+                .map_err(|_| bad(form))
+        };
+        let name = |t: &str| t.trim_end_matches('.').to_ascii_lowercase();
+        match self {
+            DnsRecordType::A => text
+                .trim()
+                .parse::<std::net::Ipv4Addr>()
+                .map(|a| a.to_string())
+                .map_err(|_| bad("an IPv4 address such as \"192.0.2.10\"")),
+            DnsRecordType::Aaaa => text
+                .trim()
+                .parse::<std::net::Ipv6Addr>()
+                .map(|a| a.to_string())
+                .map_err(|_| bad("an IPv6 address such as \"2001:db8::10\"")),
+            DnsRecordType::Cname | DnsRecordType::Ns | DnsRecordType::Ptr => match fields[..] {
+                [n] => Ok(name(n)),
+                _ => Err(bad("a name such as \"target.example.com\"")),
+            },
+            DnsRecordType::Mx => {
+                let form = "\"preference exchange\" such as \"10 mail.example.com\"";
+                match fields[..] {
+                    [p, n] => Ok(format!("{} {}", number(p, form)?, name(n))),
+                    _ => Err(bad(form)),
+                }
+            }
+            DnsRecordType::Srv => {
+                let form = "\"priority weight port target\" such as \"10 5 443 sip.example.com\"";
+                match fields[..] {
+                    [p, w, port, n] => Ok(format!(
+                        "{} {} {} {}",
+                        number(p, form)?,
+                        number(w, form)?,
+                        number(port, form)?,
+                        name(n)
+                    )),
+                    _ => Err(bad(form)),
+                }
+            }
+            DnsRecordType::Soa => {
+                let form = "\"mname rname serial refresh retry expire minimum\"";
+                match fields.as_slice() {
+                    [m, r, rest @ ..] if rest.len() == 5 => {
+                        let mut out = format!("{} {}", name(m), name(r));
+                        for n in rest {
+                            out.push(' ');
+                            out.push_str(&number(n, form)?);
+                        }
+                        Ok(out)
+                    }
+                    _ => Err(bad(form)),
+                }
+            }
+            DnsRecordType::Caa => {
+                let form = "\"flags tag value\" such as \"0 issue letsencrypt.org\"";
+                let trimmed = text.trim();
+                let (flags, rest) = trimmed
+                    .split_once(char::is_whitespace)
+                    .ok_or_else(|| bad(form))?;
+                let (tag, value) = rest
+                    .trim_start()
+                    .split_once(char::is_whitespace)
+                    .ok_or_else(|| bad(form))?;
+                let flags = flags.parse::<u8>().map_err(|_| bad(form))?;
+                let value = value.trim();
+                let value = value
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(value);
+                Ok(format!("{flags} {} {value}", tag.to_ascii_lowercase()))
+            }
+            DnsRecordType::Txt if text.is_empty() => Err(bad("a text")),
+            DnsRecordType::Txt => Ok(text.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for DnsRecordType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -218,6 +415,10 @@ struct ApiRaw {
     address: Option<String>,
     token: Option<String>,
     grace: Option<DurationRaw>,
+    dns_name: Option<String>,
+    record_type: Option<String>,
+    expect: Option<String>,
+    resolver: Option<String>,
     expect_body: Option<String>,
     expect_body_regex: Option<String>,
     #[serde(default)]
@@ -392,6 +593,10 @@ fn validate(mut api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoi
         ("address", api.address.is_some(), "tcp"),
         ("token", api.token.is_some(), "heartbeat"),
         ("grace", api.grace.is_some(), "heartbeat"),
+        ("dns_name", api.dns_name.is_some(), "dns"),
+        ("record_type", api.record_type.is_some(), "dns"),
+        ("expect", api.expect.is_some(), "dns"),
+        ("resolver", api.resolver.is_some(), "dns"),
     ];
     for (key, present, owner) in per_kind
         .into_iter()
@@ -487,6 +692,15 @@ fn validate(mut api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoi
                 grace,
             });
         }
+        "dns" => {
+            let probe = dns_entry(api)?;
+            let server = probe.resolver.map(|a| a.to_string()).unwrap_or_default();
+            ep.url = target(&format!(
+                "dns://{server}/{}/{}",
+                probe.name, probe.record_type
+            ))?;
+            ep.probe = Probe::Dns(probe);
+        }
         other => return Err(format!("kind: `{other}` is not handled")),
     }
     Ok(ep)
@@ -497,6 +711,85 @@ fn target(text: &str) -> Result<SecretUrl, String> {
     Url::parse(text)
         .map(SecretUrl::from)
         .map_err(|e| format!("cannot describe the target `{text}` as a URL ({e})"))
+}
+
+/// The keys of a `kind = "dns"` entry.
+fn dns_entry(api: ApiRaw) -> Result<DnsProbe, String> {
+    let name = api
+        .dns_name
+        .ok_or("dns_name: missing (kind = \"dns\" needs dns_name = \"the.name.to.resolve\")")?;
+    let name = check_dns_name(name.trim()).map_err(|m| format!("dns_name: {m}"))?;
+    let record_type = match api.record_type {
+        None => DnsRecordType::A,
+        Some(t) => DnsRecordType::parse(&t).ok_or_else(|| {
+            let all: Vec<&str> = DnsRecordType::ALL.iter().map(|t| t.as_str()).collect();
+            format!(
+                "record_type: expected one of {}, got `{}`",
+                all.join(", "),
+                t.escape_debug()
+            )
+        })?,
+    };
+    let expect = match api.expect {
+        None => None,
+        Some(e) => Some(
+            record_type
+                .canonical_expect(&e)
+                .map_err(|m| format!("expect: {m}"))?,
+        ),
+    };
+    let resolver = match api.resolver {
+        None => None,
+        Some(r) => Some(resolver_address(r.trim()).map_err(|m| format!("resolver: {m}"))?),
+    };
+    Ok(DnsProbe {
+        name,
+        record_type,
+        expect,
+        resolver,
+    })
+}
+
+/// A DNS name as written (ASCII: an internationalised name in its
+/// `xn--` form), without its trailing dot.
+fn check_dns_name(text: &str) -> Result<String, String> {
+    let name = text.strip_suffix('.').unwrap_or(text);
+    let shown = text.escape_debug();
+    if name.is_empty() {
+        return Err(format!(
+            "expected a name such as \"api.example.com\", got `{shown}`"
+        ));
+    }
+    if !name.chars().all(|c| c.is_ascii_graphic()) || name.contains('/') {
+        return Err(format!(
+            "expected letters, digits, `-`, `_` and dots (an internationalised name in its \
+             xn-- form), got `{shown}`"
+        ));
+    }
+    if name.len() > 253 || name.split('.').any(|l| l.is_empty() || l.len() > 63) {
+        return Err(format!(
+            "expected labels of 1 to 63 characters, 253 in all, got `{shown}`"
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// `ip:port` (an IPv6 address in brackets), or an address alone for
+/// port 53.
+fn resolver_address(text: &str) -> Result<SocketAddr, String> {
+    let addr = text
+        .parse::<SocketAddr>()
+        .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| {
+            format!(
+                "expected \"ip:port\" such as \"192.0.2.53:53\" or \"[2001:db8::53]:53\", got `{}`",
+                text.escape_debug()
+            )
+        })?;
+    if addr.port() == 0 {
+        return Err(format!("port 0 is not a DNS server's port, got `{text}`"));
+    }
+    Ok(addr)
 }
 
 /// `host:port`, with an IPv6 host in brackets.
@@ -792,7 +1085,7 @@ max_response_time = "500ms"
             ),
             (
                 "kind = \"ping\"",
-                "kind: expected one of \"http\", \"tcp\", got `ping`",
+                "kind: expected one of \"http\", \"tcp\", \"dns\", \"heartbeat\", got `ping`",
             ),
             (
                 "url = \"http://a.test/\"\nexpect_json = { \"status\" = 1 }",
@@ -809,6 +1102,176 @@ max_response_time = "500ms"
             (
                 "url = \"http://a.test/\"\nmax_response_time = 0",
                 "max_response_time: expected a duration above zero",
+            ),
+        ] {
+            let err = parse_err(&format!("[[api]]\nname = \"A\"\n{entry}\n"));
+            assert_eq!(err.key, "apis.toml: api[0] \"A\"", "{entry}: {err}");
+            assert!(err.message.starts_with(key), "{entry}: `{key}` in {err}");
+        }
+    }
+
+    #[test]
+    fn a_dns_entry_has_a_name_a_type_an_expected_answer_and_a_resolver() {
+        let eps = parse_ok(
+            r#"
+[[api]]
+name = "record"
+kind = "dns"
+dns_name = "API.example.com."
+record_type = "aaaa"
+expect = "2001:DB8:0:0::0010"
+resolver = "127.0.0.1:5353"
+max_response_time = "1s"
+[[api]]
+name = "system"
+kind = "dns"
+dns_name = "api.example.com"
+[[api]]
+name = "v6 resolver"
+kind = "dns"
+dns_name = "example.com"
+record_type = "MX"
+expect = "10   Mail.Example.COM."
+resolver = "::1"
+"#,
+        );
+        let Probe::Dns(p) = &eps[0].probe else {
+            panic!("{:?}", eps[0].probe)
+        };
+        assert_eq!(p.name, "API.example.com");
+        assert_eq!(p.record_type, DnsRecordType::Aaaa);
+        assert_eq!(p.expect.as_deref(), Some("2001:db8::10"));
+        assert_eq!(p.resolver, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(eps[0].probe.kind(), "dns");
+        assert_eq!(
+            eps[0].url.redacted().as_str(),
+            "dns://127.0.0.1:5353/API.example.com/AAAA"
+        );
+        assert_eq!(
+            eps[0].assertions.max_response_time,
+            Some(Duration::from_secs(1))
+        );
+        let Probe::Dns(p) = &eps[1].probe else {
+            panic!("{:?}", eps[1].probe)
+        };
+        assert_eq!(
+            (p.record_type, &p.expect, p.resolver),
+            (DnsRecordType::A, &None, None)
+        );
+        assert_eq!(eps[1].url.redacted().as_str(), "dns:///api.example.com/A");
+        let Probe::Dns(p) = &eps[2].probe else {
+            panic!("{:?}", eps[2].probe)
+        };
+        assert_eq!(p.expect.as_deref(), Some("10 mail.example.com"));
+        assert_eq!(p.resolver, Some("[::1]:53".parse().unwrap()));
+        assert_eq!(
+            eps[2].url.redacted().as_str(),
+            "dns://[::1]:53/example.com/MX"
+        );
+    }
+
+    #[test]
+    fn expected_dns_answers_are_read_in_their_canonical_text() {
+        for (t, written, canonical) in [
+            ("A", " 192.0.2.10 ", "192.0.2.10"),
+            ("AAAA", "2001:0db8::0001", "2001:db8::1"),
+            ("CNAME", "Target.Example.com.", "target.example.com"),
+            ("NS", "ns1.example.com", "ns1.example.com"),
+            ("PTR", "host.example.com.", "host.example.com"),
+            ("MX", "010 mail.example.com.", "10 mail.example.com"),
+            (
+                "SRV",
+                "10 5 443 SIP.example.com.",
+                "10 5 443 sip.example.com",
+            ),
+            ("TXT", "v=spf1 -all", "v=spf1 -all"),
+            (
+                "CAA",
+                "0 ISSUE \"letsencrypt.org\"",
+                "0 issue letsencrypt.org",
+            ),
+            (
+                "SOA",
+                "ns1.example.com. Hostmaster.example.com. 2024010101 7200 3600 1209600 300",
+                "ns1.example.com hostmaster.example.com 2024010101 7200 3600 1209600 300",
+            ),
+        ] {
+            let rt = DnsRecordType::parse(t).unwrap();
+            assert_eq!(
+                rt.canonical_expect(written).as_deref(),
+                Ok(canonical),
+                "{t}"
+            );
+        }
+        for (t, written) in [
+            ("A", "2001:db8::1"),
+            ("AAAA", "192.0.2.1"),
+            ("CNAME", "two names"),
+            ("MX", "mail.example.com"),
+            ("MX", "high mail.example.com"),
+            ("SRV", "10 5 sip.example.com"),
+            ("CAA", "issue letsencrypt.org"),
+            ("SOA", "ns1.example.com hostmaster.example.com 1 2 3"),
+            ("TXT", ""),
+        ] {
+            let rt = DnsRecordType::parse(t).unwrap();
+            let err = rt.canonical_expect(written).unwrap_err();
+            assert!(err.starts_with("expected "), "{t} {written}: {err}");
+            assert!(err.contains(&format!("record_type = \"{t}\"")), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_dns_entries_are_named() {
+        for (entry, key) in [
+            ("kind = \"dns\"", "dns_name: missing"),
+            ("kind = \"dns\"\ndns_name = \"\"", "dns_name: expected a name"),
+            ("kind = \"dns\"\ndns_name = \"a b.test\"", "dns_name: expected letters"),
+            ("kind = \"dns\"\ndns_name = \"a..test\"", "dns_name: expected labels"),
+            ("kind = \"dns\"\ndns_name = \"bücher.test\"", "dns_name: expected letters"),
+            (
+                "kind = \"dns\"\ndns_name = \"a.test\"\nrecord_type = \"AXFR\"",
+                "record_type: expected one of A, AAAA, CNAME, MX, NS, TXT, SRV, CAA, SOA, PTR, got `AXFR`",
+            ),
+            (
+                "kind = \"dns\"\ndns_name = \"a.test\"\nresolver = \"dns.test:53\"",
+                "resolver: expected \"ip:port\"",
+            ),
+            (
+                "kind = \"dns\"\ndns_name = \"a.test\"\nresolver = \"127.0.0.1:0\"",
+                "resolver: port 0",
+            ),
+            (
+                "kind = \"dns\"\ndns_name = \"a.test\"\nexpect = \"not-an-ip\"",
+                "expect: expected an IPv4 address",
+            ),
+            (
+                "kind = \"dns\"\ndns_name = \"a.test\"\nurl = \"http://a.test/\"",
+                "url: only for kind = \"http\"",
+            ),
+            (
+                "kind = \"dns\"\ndns_name = \"a.test\"\nexpected_status = 200",
+                "expected_status: only for kind = \"http\"",
+            ),
+            (
+                "kind = \"dns\"\ndns_name = \"a.test\"\naddress = \"a.test:53\"",
+                "address: only for kind = \"tcp\"",
+            ),
+            (
+                "url = \"http://a.test/\"\ndns_name = \"a.test\"",
+                "dns_name: only for kind = \"dns\" (this entry is kind = \"http\")",
+            ),
+            (
+                "url = \"http://a.test/\"\nexpect = \"ok\"",
+                "expect: only for kind = \"dns\"",
+            ),
+            (
+                "kind = \"tcp\"\naddress = \"a.test:53\"\nresolver = \"127.0.0.1:53\"",
+                "resolver: only for kind = \"dns\"",
+            ),
+            (
+                "kind = \"tcp\"\naddress = \"a.test:53\"\nrecord_type = \"A\"",
+                "record_type: only for kind = \"dns\"",
             ),
         ] {
             let err = parse_err(&format!("[[api]]\nname = \"A\"\n{entry}\n"));

@@ -15,6 +15,7 @@ use apimon_core::db::metrics::MetricRow;
 use chrono::{SubsecRound, Utc};
 use reqwest::{Method, StatusCode, Url};
 
+use crate::dns;
 use crate::tcp;
 
 /// Why a check failed.
@@ -67,10 +68,13 @@ const MAX_MESSAGE: usize = 1000;
 /// Most redirects followed in one check.
 pub const MAX_REDIRECTS: usize = 10;
 
-/// Sends checks through one shared HTTP client (one connection pool).
+/// Sends checks through one shared HTTP client (one connection pool) and
+/// one DNS resolver per resolver address.
 #[derive(Clone)]
 pub struct Checker {
     client: reqwest::Client,
+    /// The resolvers of `kind = "dns"` checks, built as they are needed.
+    resolvers: dns::Resolvers,
 }
 
 impl Checker {
@@ -95,6 +99,7 @@ impl Checker {
         }
         Ok(Checker {
             client: builder.build()?,
+            resolvers: dns::Resolvers::default(),
         })
     }
 
@@ -116,13 +121,20 @@ impl Checker {
         let started = Instant::now();
         let outcome = match &ep.probe {
             Probe::Http => self.check_http(ep, started).await,
-            Probe::Tcp { address } => tcp::connect(address, ep.timeout).await,
+            Probe::Tcp { address } => tcp::connect(address, ep.timeout)
+                .await
+                .and_then(|done| within_limit(done, &ep.assertions)),
             // Scheduled apart (crate::heartbeat): no request to make.
             Probe::Heartbeat(_) => Err(Failure::new(
                 ErrorKind::Request,
                 None,
                 "a heartbeat endpoint is not checked by a request",
             )),
+            Probe::Dns(probe) => {
+                self.resolvers
+                    .check(probe, ep.timeout, &ep.assertions)
+                    .await
+            }
         };
         match outcome {
             Ok(done) => {
@@ -355,6 +367,24 @@ async fn read_body(mut resp: reqwest::Response, keep: usize) -> Result<Answer, F
             }
             Err(error) => return Err(Failure::from_reqwest(error, Some(status))),
         }
+    }
+}
+
+/// A successful connect (or resolve) that took longer than
+/// `max_response_time` is a failed check of kind `assertion`.
+fn within_limit(
+    done: Done,
+    assertions: &apimon_core::assertions::Assertions,
+) -> Result<Done, Failure> {
+    match assertions.evaluate(&reqwest::header::HeaderMap::new(), &[], false, done.elapsed) {
+        Ok(()) => Ok(done),
+        Err(e) => Err(Failure {
+            kind: ErrorKind::Assertion,
+            status: None,
+            message: e.0,
+            size: None,
+            elapsed: Some(done.elapsed),
+        }),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod buffer;
 pub mod catalog;
 pub mod check;
 pub mod config;
+mod dns;
 pub mod heartbeat;
 pub mod stats;
 mod tcp;
@@ -69,6 +70,13 @@ pub fn describe(ep: &apimon_core::apis::Endpoint) -> String {
             "heartbeat POST /heartbeat/<token> (grace {})",
             humantime::format_duration(h.grace)
         ),
+        Probe::Dns(dns) => {
+            let mut t = format!("dns {} {}", dns.record_type, dns.name);
+            if let Some(server) = dns.resolver {
+                t.push_str(&format!(" @{server}"));
+            }
+            t
+        }
     };
     let mut line = format!(
         "{}\t{target}\tevery {:?}\ttimeout {:?}",
@@ -76,6 +84,12 @@ pub fn describe(ep: &apimon_core::apis::Endpoint) -> String {
     );
     if matches!(ep.probe, Probe::Http) {
         line.push_str(&format!("\texpect {}", ep.expected_status));
+    }
+    if let Probe::Dns(apimon_core::apis::DnsProbe {
+        expect: Some(want), ..
+    }) = &ep.probe
+    {
+        line.push_str(&format!("\texpect {}", want.escape_debug()));
     }
     for a in ep.assertions.describe() {
         line.push_str(&format!("\t{a}"));

@@ -197,6 +197,21 @@ async fn a_tcp_check_succeeds_on_a_listener_and_fails_once_it_is_closed() {
     assert!(!down.success, "{down:?}");
     assert_eq!(down.error_kind.as_deref(), Some("connect"), "{down:?}");
     assert_eq!(down.response_time_ms, None);
+
+    // max_response_time holds for a connect too: no connect takes 1 ns.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    run_once(
+        &h,
+        &format!(
+            "[[api]]\nname = \"too-slow\"\nkind = \"tcp\"\naddress = \"{address}\"\n\
+             max_response_time = \"1ns\"\n"
+        ),
+    )
+    .await;
+    let slow = only_row(&h, "too-slow").await;
+    assert_failed(&slow, "max_response_time: took ");
+    assert!(slow.response_time_ms.is_some(), "{slow:?}");
 }
 
 /// `pinger --check-config` lists each endpoint's kind and assertions.

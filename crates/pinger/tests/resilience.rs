@@ -331,6 +331,42 @@ fn configuration_errors_exit_2_with_one_line_naming_the_problem() {
             "PINGER_HTTP_PORT: 0 turns off the HTTP port, where heartbeat endpoints such as `A`",
         ),
         (
+            "dns without dns_name",
+            vec![],
+            "[[api]]\nname = \"A\"\nkind = \"dns\"\n",
+            "api[0] \"A\": dns_name: missing",
+        ),
+        (
+            "dns with a bad record_type",
+            vec![],
+            "[[api]]\nname = \"A\"\nkind = \"dns\"\ndns_name = \"a.test\"\nrecord_type = \"AXFR\"\n",
+            "api[0] \"A\": record_type: expected one of A, AAAA",
+        ),
+        (
+            "dns with a bad resolver",
+            vec![],
+            "[[api]]\nname = \"A\"\nkind = \"dns\"\ndns_name = \"a.test\"\nresolver = \"ns.a.test\"\n",
+            "api[0] \"A\": resolver: expected \"ip:port\"",
+        ),
+        (
+            "dns with a bad expect",
+            vec![],
+            "[[api]]\nname = \"A\"\nkind = \"dns\"\ndns_name = \"a.test\"\nrecord_type = \"MX\"\nexpect = \"mail.a.test\"\n",
+            "api[0] \"A\": expect: expected \"preference exchange\"",
+        ),
+        (
+            "dns keys on an http entry",
+            vec![],
+            "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\ndns_name = \"a.test\"\n",
+            "api[0] \"A\": dns_name: only for kind = \"dns\"",
+        ),
+        (
+            "http keys on a dns entry",
+            vec![],
+            "[[api]]\nname = \"A\"\nkind = \"dns\"\ndns_name = \"a.test\"\nexpect_body = \"ok\"\n",
+            "api[0] \"A\": expect_body: only for kind = \"http\"",
+        ),
+        (
             "bad max_response_time",
             vec![],
             "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\nmax_response_time = \"fast\"\n",

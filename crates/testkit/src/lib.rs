@@ -6,8 +6,10 @@
 //! stops and deletes when the process exits). [`PgCluster`] starts a
 //! dedicated cluster, for tests that stop and restart the database.
 //! [`procs`] runs the workspace's binaries as separate processes;
-//! [`scan::columns_holding`] finds where a text is stored.
+//! [`scan::columns_holding`] finds where a text is stored;
+//! [`dns::DnsServer`] answers DNS queries on loopback.
 
+pub mod dns;
 pub mod first_contact;
 pub mod http;
 pub mod migrations;
