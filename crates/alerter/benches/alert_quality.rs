@@ -1228,6 +1228,7 @@ fn check_of(x: &Point) -> Check<'static> {
         success: x.success,
         severity: None,
         error: (!x.success).then_some("http: 503"),
+        tls_expires_at: None,
     }
 }
 

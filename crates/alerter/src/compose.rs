@@ -98,6 +98,7 @@ fn incident_rows(event: Event, i: &Item, now: DateTime<Utc>) -> Vec<(&'static st
     let first = match i.kind {
         Kind::Down => "first failed check",
         Kind::Slow => "first slow check",
+        Kind::Certificate => "first check within the warning",
     };
     let mut rows = vec![
         ("API", i.api_name.clone()),
@@ -110,6 +111,9 @@ fn incident_rows(event: Event, i: &Item, now: DateTime<Utc>) -> Vec<(&'static st
     ];
     if let Some(latency) = e.latency_summary() {
         rows.push(("Latency", latency));
+    }
+    if let Some(expires) = e.tls_expires_at {
+        rows.push(("Certificate expires", when(expires)));
     }
     let mut seen = format!("{} checks, {} failed", e.checks, e.failures);
     let anomalies = e.anomalies_critical + e.anomalies_high + e.anomalies_medium;
@@ -188,6 +192,16 @@ pub fn notice_subject(n: &Notice) -> String {
         (_, []) => "[apimon] (no incidents)".to_string(),
         (Event::Open, [i]) => match i.kind {
             Kind::Down => format!("[apimon] DOWN: {} ({})", i.api_name, i.reason),
+            Kind::Certificate => format!(
+                "[apimon] CERTIFICATE{}: {} ({})",
+                if i.severity == "critical" {
+                    " CRITICAL"
+                } else {
+                    ""
+                },
+                i.api_name,
+                i.reason
+            ),
             Kind::Slow => format!(
                 "[apimon] SLOW: {}{}",
                 i.api_name,

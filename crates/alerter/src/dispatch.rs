@@ -323,11 +323,15 @@ async fn reminders(
     let due_before = now - chrono::Duration::from_std(cfg.repeat_interval).unwrap_or_default();
     let due: Vec<IncidentRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM incidents i
-         WHERE i.state <> 'resolved' AND i.notified_at IS NOT NULL AND i.last_notified_at <= $1
+         WHERE i.state <> 'resolved' AND i.notified_at IS NOT NULL
+           AND i.last_notified_at <= CASE WHEN i.kind = 'certificate' THEN LEAST($1, $3) ELSE $1 END
          ORDER BY i.id LIMIT $2 FOR UPDATE OF i SKIP LOCKED"
     ))
     .bind(due_before)
     .bind(PAGE)
+    // A certificate that expires in days is worth a daily reminder at
+    // most, whatever ALERT_REPEAT_INTERVAL says.
+    .bind(now - chrono::Duration::days(1))
     .fetch_all(&mut **tx)
     .await?;
     let due: Vec<IncidentRow> = due

@@ -123,6 +123,7 @@ fn metric(api: &str, ts: DateTime<Utc>, rt: Option<f64>) -> MetricRow {
         response_size_bytes: rt.map(|_| 1),
         error_kind: rt.is_none().then(|| "connect".into()),
         error_message: rt.is_none().then(|| "connection refused <script>".into()),
+        tls_expires_at: None,
     }
 }
 

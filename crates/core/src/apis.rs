@@ -14,6 +14,8 @@
 //! interval = "15s"                     # optional
 //! headers = { Authorization = "Bearer ${GITHUB_TOKEN}" }   # optional
 //! follow_redirects = false             # optional, default false
+//! ca_file = "certs/internal-ca.pem"    # optional: also trust this CA (PEM),
+//!                                      # relative to this file's directory
 //!
 //! [[api]]
 //! name = "db port"
@@ -53,6 +55,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::assertions::{Assertions, JsonAssertion, DEFAULT_MAX_BODY_BYTES};
+use crate::certs::CaBundle;
 use crate::config::{parse_duration, ConfigError, Env};
 use crate::maintenance::{self, MaintenanceRaw, MaintenanceWindow};
 use crate::redact::{RedactedUrl, SecretUrl};
@@ -150,6 +153,9 @@ pub struct Endpoint {
     pub probe: Probe,
     /// What an HTTP answer must hold besides its status.
     pub assertions: Assertions,
+    /// A private CA trusted for this endpoint, besides the web PKI roots
+    /// (`ca_file`).
+    pub ca: Option<CaBundle>,
 }
 
 /// The kind of check of an endpoint (`kind` in `apis.toml`). Every kind
@@ -376,6 +382,7 @@ impl fmt::Debug for Endpoint {
             .field("follow_redirects", &self.follow_redirects)
             .field("probe", &self.probe)
             .field("assertions", &self.assertions)
+            .field("ca", &self.ca)
             .finish()
     }
 }
@@ -435,6 +442,7 @@ struct ApiRaw {
     timeout: Option<DurationRaw>,
     interval: Option<DurationRaw>,
     follow_redirects: Option<bool>,
+    ca_file: Option<String>,
 }
 
 /// A duration as the file may write it: a number of seconds or a text
@@ -458,7 +466,8 @@ enum StatusRaw {
 /// `${NAME}` references in header values.
 pub fn load_file(path: &Path, env: &Env) -> Result<Vec<Endpoint>, ConfigError> {
     let text = read(path)?;
-    parse(&text, &path.display().to_string(), env)
+    let base = path.parent().unwrap_or(Path::new(""));
+    parse_in(&text, &path.display().to_string(), env, base)
 }
 
 /// Reads the `[[maintenance]]` entries of the endpoints file at `path`.
@@ -512,6 +521,17 @@ fn maintenance_windows(
 /// Parses and validates an endpoints file's text; `source` names it in
 /// errors. Its `[[maintenance]]` entries are validated too, and dropped.
 pub fn parse(text: &str, source: &str, env: &Env) -> Result<Vec<Endpoint>, ConfigError> {
+    parse_in(text, source, env, Path::new(""))
+}
+
+/// [`parse`], with relative `ca_file` paths resolved against `base` (the
+/// endpoints file's directory).
+pub fn parse_in(
+    text: &str,
+    source: &str,
+    env: &Env,
+    base: &Path,
+) -> Result<Vec<Endpoint>, ConfigError> {
     let raw = parse_raw(text, source)?;
     let defaults = raw.defaults.unwrap_or_default();
     if raw.api.is_empty() {
@@ -527,7 +547,7 @@ pub fn parse(text: &str, source: &str, env: &Env) -> Result<Vec<Endpoint>, Confi
             Some(n) => format!("{source}: api[{i}] \"{n}\""),
             None => format!("{source}: api[{i}]"),
         };
-        let ep = validate(api, &defaults, env).map_err(|m| ConfigError::new(&label, m))?;
+        let ep = validate(api, &defaults, env, base).map_err(|m| ConfigError::new(&label, m))?;
         if !seen.insert(ep.name.clone()) {
             return Err(ConfigError::new(
                 label,
@@ -557,7 +577,12 @@ pub fn parse(text: &str, source: &str, env: &Env) -> Result<Vec<Endpoint>, Confi
     Ok(out)
 }
 
-fn validate(mut api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoint, String> {
+fn validate(
+    mut api: ApiRaw,
+    defaults: &DefaultsRaw,
+    env: &Env,
+    base: &Path,
+) -> Result<Endpoint, String> {
     let name = api
         .name
         .clone()
@@ -588,6 +613,7 @@ fn validate(mut api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoi
         ("expect_json", !api.expect_json.is_empty()),
         ("expect_headers", !api.expect_headers.is_empty()),
         ("max_body_bytes", api.max_body_bytes.is_some()),
+        ("ca_file", api.ca_file.is_some()),
     ];
     let per_kind = [
         ("address", api.address.is_some(), "tcp"),
@@ -657,9 +683,10 @@ fn validate(mut api: ApiRaw, defaults: &DefaultsRaw, env: &Env) -> Result<Endpoi
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             ..Assertions::default()
         },
+        ca: None,
     };
     match kind {
-        "http" => http_entry(&mut ep, api, defaults, env)?,
+        "http" => http_entry(&mut ep, api, defaults, env, base)?,
         "tcp" => {
             let address = api
                 .address
@@ -810,7 +837,16 @@ fn http_entry(
     api: ApiRaw,
     defaults: &DefaultsRaw,
     env: &Env,
+    base: &Path,
 ) -> Result<(), String> {
+    if let Some(file) = &api.ca_file {
+        let file = file.trim();
+        if file.is_empty() {
+            return Err("ca_file: expected the path of a PEM file of CA certificates".into());
+        }
+        let ca = CaBundle::load(&base.join(file)).map_err(|m| format!("ca_file: {m}"))?;
+        ep.ca = Some(ca);
+    }
     let raw_url = api
         .url
         .ok_or("url: missing (expected an http:// or https:// URL)")?;

@@ -34,6 +34,13 @@
 //! - It recovers when the median of the last `ALERT_SLOW_RESOLVE_WINDOW`
 //!   checks (more on a noisy API, up to 2 × `ALERT_SLOW_WINDOW`) is back under
 //!   √`ALERT_SLOW_RATIO` × the baseline.
+//! - **certificate** opens when an https check's certificate expires within
+//!   `TLS_EXPIRY_WARN_DAYS` (severity high), and is replaced by a critical
+//!   one within `TLS_EXPIRY_CRITICAL_DAYS` (the warning is closed as
+//!   `escalated`, without a resolve notification). It resolves at once when
+//!   a check presents a certificate valid for longer than the warning (it
+//!   was renewed). Checks without a certificate (failed, plain HTTP)
+//!   change nothing.
 //! - A recovered incident is held for `ALERT_FLAP_WINDOW` (in data time):
 //!   if its rule fires again meanwhile it re-opens as the same incident
 //!   (a flap, counted), else it is resolved for good. After a recovery the
@@ -76,15 +83,18 @@ pub enum Kind {
     Down,
     /// The API's typical response time is well above its baseline.
     Slow,
+    /// The API's TLS certificate expires soon.
+    Certificate,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Down, Kind::Slow];
+    pub const ALL: [Kind; 3] = [Kind::Down, Kind::Slow, Kind::Certificate];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Down => "down",
             Kind::Slow => "slow",
+            Kind::Certificate => "certificate",
         }
     }
 }
@@ -101,6 +111,7 @@ impl std::str::FromStr for Kind {
         match s {
             "down" => Ok(Kind::Down),
             "slow" => Ok(Kind::Slow),
+            "certificate" => Ok(Kind::Certificate),
             _ => Err(format!("unknown incident kind `{s}`")),
         }
     }
@@ -143,6 +154,12 @@ pub struct IncidentPolicy {
     /// A recovered incident that fires again within this time is the same
     /// incident (`ALERT_FLAP_WINDOW`, data time).
     pub flap_window: Duration,
+    /// Days before a certificate's expiry that a `certificate` incident
+    /// opens (`TLS_EXPIRY_WARN_DAYS`; 0: none).
+    pub tls_warn_days: u32,
+    /// Days before it that the incident becomes critical
+    /// (`TLS_EXPIRY_CRITICAL_DAYS`).
+    pub tls_critical_days: u32,
 }
 
 impl Default for IncidentPolicy {
@@ -161,6 +178,8 @@ impl Default for IncidentPolicy {
             baseline_checks: 120,
             baseline_min_checks: 120,
             flap_window: Duration::from_secs(300),
+            tls_warn_days: 14,
+            tls_critical_days: 3,
         }
     }
 }
@@ -207,7 +226,22 @@ impl IncidentPolicy {
                 1..=100_000,
             )?,
             flap_window: env.duration_or("ALERT_FLAP_WINDOW", d.flap_window)?,
+            tls_warn_days: env.int_in("TLS_EXPIRY_WARN_DAYS", d.tls_warn_days, 0..=3650)?,
+            tls_critical_days: env.int_in(
+                "TLS_EXPIRY_CRITICAL_DAYS",
+                d.tls_critical_days,
+                0..=3650,
+            )?,
         };
+        if p.tls_warn_days > 0 && p.tls_critical_days >= p.tls_warn_days {
+            return Err(ConfigError::new(
+                "TLS_EXPIRY_CRITICAL_DAYS",
+                format!(
+                    "expected fewer days than TLS_EXPIRY_WARN_DAYS ({}), got `{}`",
+                    p.tls_warn_days, p.tls_critical_days
+                ),
+            ));
+        }
         if p.slow_fast_ratio < p.slow_ratio {
             return Err(ConfigError::new(
                 "ALERT_SLOW_FAST_RATIO",
@@ -246,6 +280,18 @@ pub struct Check<'a> {
     pub severity: Option<Severity>,
     /// `kind: message` of a failed check.
     pub error: Option<&'a str>,
+    /// The notAfter of the certificate the check's TLS session presented.
+    pub tls_expires_at: Option<DateTime<Utc>>,
+}
+
+/// `d` as whole days and hours, e.g. `9 days 23 h`.
+fn days_left(d: chrono::Duration) -> String {
+    let hours = d.num_hours().max(0);
+    match (hours / 24, hours % 24) {
+        (0, h) => format!("{h} h"),
+        (1, h) => format!("1 day {h} h"),
+        (days, h) => format!("{days} days {h} h"),
+    }
 }
 
 /// The baseline: exponentially weighted mean and variance of
@@ -358,6 +404,9 @@ pub struct Evidence {
     pub max_ms: Option<f64>,
     /// The last failure's error.
     pub last_error: Option<String>,
+    /// Certificate incidents: the notAfter of the latest certificate seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_expires_at: Option<DateTime<Utc>>,
 }
 
 impl Evidence {
@@ -452,6 +501,9 @@ pub enum Change {
     Reopened,
     /// Final: to be notified.
     Resolved,
+    /// Replaced by a more severe incident of its kind (a certificate
+    /// warning that became critical): closed without a notification.
+    Escalated,
 }
 
 /// The rules' state of one API.
@@ -467,6 +519,8 @@ pub struct Tracker {
     pub consecutive_successes: u32,
     pub down: Option<Incident>,
     pub slow: Option<Incident>,
+    #[serde(default)]
+    pub certificate: Option<Incident>,
     /// How many times slower than the baseline the current slow incident
     /// is: the geometric mean of its first [`SHIFT_WINDOWS`] ×
     /// `ALERT_SLOW_WINDOW` checks after it opened, against the baseline.
@@ -483,13 +537,23 @@ pub struct Tracker {
 impl Tracker {
     /// The incidents not resolved yet.
     pub fn current(&self) -> impl Iterator<Item = &Incident> {
-        self.down.iter().chain(self.slow.iter())
+        self.down
+            .iter()
+            .chain(self.slow.iter())
+            .chain(self.certificate.iter())
+    }
+
+    /// An incident about the checks themselves (down or slow) is not
+    /// resolved: their checks stay out of the baseline.
+    fn in_check_incident(&self) -> bool {
+        self.down.is_some() || self.slow.is_some()
     }
 
     fn slot(&mut self, kind: Kind) -> &mut Option<Incident> {
         match kind {
             Kind::Down => &mut self.down,
             Kind::Slow => &mut self.slow,
+            Kind::Certificate => &mut self.certificate,
         }
     }
 
@@ -497,7 +561,10 @@ impl Tracker {
     /// fills the window and nothing else.
     pub fn warm(&mut self, p: &IncidentPolicy, timestamp: DateTime<Utc>, ms: Option<f64>) {
         let excluded = self.excluded_until.is_some_and(|t| timestamp <= t)
-            || self.current().any(|i| timestamp >= i.started_at);
+            || [&self.down, &self.slow]
+                .into_iter()
+                .flatten()
+                .any(|i| timestamp >= i.started_at);
         self.window.push_back(Entry {
             timestamp,
             ms,
@@ -522,7 +589,7 @@ impl Tracker {
             self.consecutive_failures += 1;
             self.consecutive_successes = 0;
         }
-        let in_incident = self.current().next().is_some();
+        let in_incident = self.in_check_incident();
         // `scale` is set by the slow rule, when the check is still slow.
         self.window.push_back(Entry {
             timestamp: c.timestamp,
@@ -541,7 +608,97 @@ impl Tracker {
         let mut out = Vec::new();
         self.step_down(p, c, &mut out);
         self.step_slow(p, c, &mut out);
+        self.step_certificate(p, c, &mut out);
         out
+    }
+
+    /// The certificate rule (see the module's documentation).
+    fn step_certificate(&mut self, p: &IncidentPolicy, c: &Check<'_>, out: &mut Vec<Transition>) {
+        let Some(expires) = c.tls_expires_at else {
+            return;
+        };
+        let left = expires.signed_duration_since(c.timestamp);
+        let within = |days: u32| left <= chrono::Duration::days(i64::from(days));
+        let level = if p.tls_warn_days == 0 {
+            None
+        } else if within(p.tls_critical_days) {
+            Some(Severity::Critical)
+        } else if within(p.tls_warn_days) {
+            Some(Severity::High)
+        } else {
+            None
+        };
+        let reason = || {
+            if left <= chrono::Duration::zero() {
+                format!(
+                    "the TLS certificate expired at {}",
+                    expires.format("%Y-%m-%d %H:%M UTC")
+                )
+            } else {
+                format!(
+                    "the TLS certificate expires at {} ({} left)",
+                    expires.format("%Y-%m-%d %H:%M UTC"),
+                    days_left(left)
+                )
+            }
+        };
+        let opening = match (self.certificate.take(), level) {
+            (None, level) => level,
+            (Some(mut inc), None) => {
+                // Renewed: a certificate valid beyond the warning.
+                inc.evidence.tls_expires_at = Some(expires);
+                inc.state = State::Resolved;
+                inc.recovered_at = Some(c.timestamp);
+                inc.resolved_at = Some(c.timestamp);
+                inc.reason = format!(
+                    "{} (renewed: the certificate now expires at {})",
+                    inc.reason,
+                    expires.format("%Y-%m-%d %H:%M UTC")
+                );
+                out.push(Transition {
+                    change: Change::Resolved,
+                    incident: inc,
+                });
+                None
+            }
+            (Some(mut inc), Some(severity)) if severity > inc.severity => {
+                // Replaced by the more severe incident opened below.
+                inc.state = State::Resolved;
+                inc.resolved_at = Some(c.timestamp);
+                out.push(Transition {
+                    change: Change::Escalated,
+                    incident: inc,
+                });
+                Some(severity)
+            }
+            (Some(mut inc), Some(_)) => {
+                inc.evidence.tls_expires_at = Some(expires);
+                self.certificate = Some(inc);
+                None
+            }
+        };
+        if let Some(severity) = opening {
+            let inc = Incident {
+                kind: Kind::Certificate,
+                state: State::Open,
+                started_at: c.timestamp,
+                opened_at: c.timestamp,
+                recovered_at: None,
+                resolved_at: None,
+                severity,
+                reason: reason(),
+                evidence: Evidence {
+                    tls_expires_at: Some(expires),
+                    ..Evidence::default()
+                },
+                flaps: 0,
+            };
+            out.push(Transition {
+                change: Change::Opened,
+                incident: inc.clone(),
+            });
+            self.certificate = Some(inc);
+        }
     }
 
     /// An entry leaving the window enters the baseline when healthy.
@@ -1031,6 +1188,7 @@ mod tests {
                 success,
                 severity: None,
                 error: (!success).then_some("connect: refused"),
+                tls_expires_at: None,
             };
             let out = self.tr.observe(&self.p, &c);
             for tr in &out {
@@ -1454,6 +1612,7 @@ mod tests {
                 success: true,
                 severity: None,
                 error: None,
+                tls_expires_at: None,
             };
             r.i += 1;
             assert_eq!(back.observe(&r.p, &c), r.tr.observe(&r.p, &c));
@@ -1477,5 +1636,107 @@ mod tests {
             let err = IncidentPolicy::from_env(&Env::from_pairs([(k, v)])).unwrap_err();
             assert_eq!(err.key, k, "{v}");
         }
+    }
+
+    #[test]
+    fn a_certificate_warns_then_turns_critical_once_and_resolves_when_renewed() {
+        let p = IncidentPolicy::default();
+        let day0 = t(0);
+        let at = |hours: i64| day0 + chrono::Duration::hours(hours);
+        let check = |hours: i64, expires: Option<DateTime<Utc>>| Check {
+            timestamp: at(hours),
+            response_time_ms: expires.map(|_| 80.0),
+            success: expires.is_some(),
+            severity: None,
+            error: expires.is_none().then_some("connect: refused"),
+            tls_expires_at: expires,
+        };
+        let expires = at(20 * 24);
+        let mut tr = Tracker::default();
+        let mut log = Vec::new();
+        type Log = Vec<(i64, Change, Kind, Severity)>;
+        let feed = |tr: &mut Tracker, log: &mut Log, hours: i64, e: Option<DateTime<Utc>>| {
+            for x in tr.observe(&p, &check(hours, e)) {
+                log.push((hours, x.change, x.incident.kind, x.incident.severity));
+            }
+        };
+        // 20 days left, then 14 days and one hour: nothing.
+        feed(&mut tr, &mut log, 0, Some(expires));
+        feed(&mut tr, &mut log, 6 * 24 - 1, Some(expires));
+        assert!(log.is_empty(), "{log:?}");
+        // 14 days left: a warning, once, whatever comes next.
+        feed(&mut tr, &mut log, 6 * 24, Some(expires));
+        let opened = tr.certificate.clone().unwrap();
+        assert_eq!(opened.severity, Severity::High);
+        assert!(
+            opened.reason.contains("(14 days 0 h left)"),
+            "{}",
+            opened.reason
+        );
+        for h in (6 * 24 + 1..17 * 24).step_by(5) {
+            feed(&mut tr, &mut log, h, Some(expires));
+        }
+        // Failed checks carry no certificate: they change nothing here.
+        feed(&mut tr, &mut log, 17 * 24 - 1, None);
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert!(!tr.in_check_incident() || tr.down.is_some());
+        // 3 days left: the warning is replaced by a critical incident.
+        feed(&mut tr, &mut log, 17 * 24, Some(expires));
+        feed(&mut tr, &mut log, 18 * 24, Some(expires));
+        // Renewed: resolved at once.
+        feed(&mut tr, &mut log, 19 * 24, Some(at(110 * 24)));
+        feed(&mut tr, &mut log, 20 * 24, Some(at(110 * 24)));
+        let kinds: Vec<_> = log.iter().filter(|x| x.2 == Kind::Certificate).collect();
+        assert_eq!(
+            kinds.iter().map(|x| (x.0, x.1, x.3)).collect::<Vec<_>>(),
+            vec![
+                (6 * 24, Change::Opened, Severity::High),
+                (17 * 24, Change::Escalated, Severity::High),
+                (17 * 24, Change::Opened, Severity::Critical),
+                (19 * 24, Change::Resolved, Severity::Critical),
+            ]
+        );
+        assert!(tr.certificate.is_none());
+        // The checks' own incidents and baseline are not touched: a
+        // certificate incident does not keep checks out of the baseline.
+        let mut quiet = Tracker::default();
+        for h in 0..400 {
+            quiet.observe(&p, &check(6 * 24 + h, Some(expires)));
+        }
+        assert!(quiet.certificate.is_some() && quiet.down.is_none() && quiet.slow.is_none());
+        assert!(quiet.baseline.n > 0, "{:?}", quiet.baseline);
+        // It survives a restart (the saved state).
+        let back: Tracker = serde_json::from_value(serde_json::to_value(&quiet).unwrap()).unwrap();
+        assert_eq!(back.certificate, quiet.certificate);
+        // TLS_EXPIRY_WARN_DAYS = 0: never.
+        let off = IncidentPolicy {
+            tls_warn_days: 0,
+            ..IncidentPolicy::default()
+        };
+        let mut tr = Tracker::default();
+        assert!(tr
+            .observe(&off, &check(19 * 24 + 23, Some(expires)))
+            .is_empty());
+    }
+
+    #[test]
+    fn an_expired_certificate_is_critical_at_once_and_says_so() {
+        let p = IncidentPolicy::default();
+        let mut tr = Tracker::default();
+        let c = Check {
+            timestamp: t(0),
+            response_time_ms: Some(50.0),
+            success: true,
+            severity: None,
+            error: None,
+            tls_expires_at: Some(t(0) - chrono::Duration::hours(1)),
+        };
+        let out = tr.observe(&p, &c);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].incident.severity, Severity::Critical);
+        assert!(out[0]
+            .incident
+            .reason
+            .starts_with("the TLS certificate expired at"));
     }
 }

@@ -5,6 +5,7 @@
 pub mod apis;
 pub mod assertions;
 pub mod backoff;
+pub mod certs;
 pub mod config;
 pub mod db;
 pub mod features;

@@ -248,6 +248,9 @@ async fn seeded() -> Seeded {
                 response_size_bytes: Some(10),
                 error_kind: (!ok).then(|| "timeout".into()),
                 error_message: None,
+                // alpha is served over https with a certificate that
+                // expires in 9 days; its latest checks saw it.
+                tls_expires_at: (k == 0 && ok).then(|| now + Duration::days(9)),
             });
         }
     }
@@ -399,6 +402,34 @@ async fn open_incidents_lists_the_unresolved_incidents_of_the_selected_apis_newe
     let rows = run(&s.ro, &sql, &["alpha", "beta"]).await;
     let apis: Vec<String> = rows.iter().map(|r| r.get("API")).collect();
     assert_eq!(apis, ["beta", "alpha"], "only the selected APIs");
+}
+
+#[tokio::test]
+async fn the_endpoints_panel_shows_each_kind_and_the_tls_days_left_soonest_first() {
+    let s = seeded().await;
+    // A TCP check besides the three HTTP ones.
+    let tcp = apimon_core::apis::parse(
+        "[[api]]\nname = \"db\"\nkind = \"tcp\"\naddress = \"db.test:5432\"\n",
+        "t",
+        &Env::default(),
+    )
+    .unwrap();
+    db::endpoints::upsert(&s.rw, &tcp).await.unwrap();
+    let sql = panel_sql(&dashboard(), "Endpoints: kind and TLS days left");
+    let rows = run(&s.ro, &sql, &["alpha", "beta", "gamma", "db"]).await;
+    let listed: Vec<(String, String, Option<f64>)> = rows
+        .iter()
+        .map(|r| (r.get("API"), r.get("kind"), r.get("TLS days left")))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("alpha".to_string(), "http".to_string(), Some(9.0)),
+            ("beta".to_string(), "http".to_string(), None),
+            ("db".to_string(), "tcp".to_string(), None),
+            ("gamma".to_string(), "http".to_string(), None),
+        ]
+    );
 }
 
 #[tokio::test]

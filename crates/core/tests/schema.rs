@@ -27,6 +27,7 @@ fn row(api: &str, ts: chrono::DateTime<Utc>, rt: Option<f64>) -> MetricRow {
         response_size_bytes: rt.map(|_| 42),
         error_kind: rt.is_none().then(|| "timeout".to_string()),
         error_message: rt.is_none().then(|| "timed out".to_string()),
+        tls_expires_at: None,
     }
 }
 

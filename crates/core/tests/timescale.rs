@@ -41,6 +41,7 @@ fn row(ts: DateTime<Utc>, rt: f64) -> MetricRow {
         response_size_bytes: Some(10),
         error_kind: None,
         error_message: None,
+        tls_expires_at: None,
     }
 }
 

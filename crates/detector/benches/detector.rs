@@ -851,6 +851,7 @@ fn metric_row(api: &str, ts: DateTime<Utc>, rt: Option<f64>, success: bool) -> M
         response_size_bytes: rt.map(|_| 128),
         error_kind: (!success).then(|| "timeout".into()),
         error_message: (!success).then(|| "operation timed out".into()),
+        tls_expires_at: None,
     }
 }
 

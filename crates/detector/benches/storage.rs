@@ -133,17 +133,7 @@ fn apis(n: usize) -> Vec<Api> {
 /// The check of `api` at `ts`, as the pinger writes it.
 fn check(api: &Api, ts: DateTime<Utc>, rng: &mut Rng) -> MetricRow {
     let u = rng.unit();
-    let mut row = MetricRow {
-        timestamp: ts,
-        api_name: api.name.clone(),
-        url: api.url.clone(),
-        response_time_ms: None,
-        status_code: None,
-        success: false,
-        response_size_bytes: None,
-        error_kind: None,
-        error_message: None,
-    };
+    let mut row = MetricRow::empty(ts, &api.name, &api.url);
     if u < 0.003 {
         row.error_kind = Some("timeout".into());
         row.error_message = Some("operation timed out".into());

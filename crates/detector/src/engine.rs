@@ -76,6 +76,7 @@ impl ApiDetector {
         v: &Verdict,
         success: bool,
         error: Option<&str>,
+        tls_expires_at: Option<DateTime<Utc>>,
     ) -> Vec<Transition> {
         self.incidents.observe(
             policy,
@@ -85,6 +86,7 @@ impl ApiDetector {
                 success,
                 severity: v.severity,
                 error,
+                tls_expires_at,
             },
         )
     }

@@ -122,7 +122,7 @@ pub fn replay_with_incidents(
             severity: v.severity,
         });
         if let Some(policy) = policy {
-            changes.extend(det.incidents(policy, &v, p.success, None));
+            changes.extend(det.incidents(policy, &v, p.success, None, None));
         }
         if let Some(f) = v.features {
             times.push_back(p.timestamp);

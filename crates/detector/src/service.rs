@@ -349,7 +349,13 @@ impl Scorer {
                     if let Some(a) = v.anomaly(&row.api_name, error.as_deref()) {
                         anomalies.push(a);
                     }
-                    let t = det.incidents(&self.cfg.incidents, &v, row.success, error.as_deref());
+                    let t = det.incidents(
+                        &self.cfg.incidents,
+                        &v,
+                        row.success,
+                        error.as_deref(),
+                        row.tls_expires_at,
+                    );
                     if !t.is_empty() {
                         changes.push((row.api_name.clone(), t));
                     }

@@ -117,3 +117,130 @@ async fn an_outage_opens_one_down_incident_and_its_recovery_resolves_it_across_a
         "nothing for the healthy API"
     );
 }
+
+/// https checks whose certificate expires within TLS_EXPIRY_WARN_DAYS open
+/// a `certificate` incident (high); within TLS_EXPIRY_CRITICAL_DAYS a
+/// critical one replaces it (the warning closes as `escalated`, with no
+/// event of its own); a renewed certificate resolves it, with one resolve
+/// event. Failed checks, which carry no certificate, change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_certificates_open_a_warning_then_a_critical_incident_and_renewal_resolves_it() {
+    let db = database().await;
+    register(&db.pool, &["in10", "in2", "far"]).await;
+    let t0 = Utc::now() - chrono::Duration::minutes(10);
+    let at = |s: i64| t0 + chrono::Duration::seconds(s);
+    let tls = |api: &str, ts: DateTime<Utc>, days: f64| MetricRow {
+        tls_expires_at: Some(
+            (ts + chrono::Duration::minutes((days * 1440.0) as i64)).trunc_subsecs(0),
+        ),
+        ..row(api, ts, Some(100.0))
+    };
+    let mut rows = Vec::new();
+    for i in 0..4 {
+        rows.push(tls("in10", at(15 * i), 10.0));
+        rows.push(tls("in2", at(15 * i), 2.0));
+        rows.push(tls("far", at(15 * i), 90.0));
+    }
+    db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
+    let run = start(config(&db.url, &[]), &db.url);
+    wait_for("two certificate incidents", || async {
+        incidents(&db.pool).await.len() == 2
+    })
+    .await;
+    let severities = || async {
+        let rows: Vec<(String, String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT api_name, kind, state, peak_severity, resolution FROM incidents ORDER BY id",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        rows
+    };
+    let got = severities().await;
+    assert!(
+        got.contains(&(
+            "in10".into(),
+            "certificate".into(),
+            "open".into(),
+            "high".into(),
+            None
+        )),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&(
+            "in2".into(),
+            "certificate".into(),
+            "open".into(),
+            "critical".into(),
+            None
+        )),
+        "{got:?}"
+    );
+    let reason: String = sqlx::query_scalar("SELECT reason FROM incidents WHERE api_name = 'in10'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        reason.contains("(9 days 23 h left)") || reason.contains("(10 days 0 h left)"),
+        "{reason}"
+    );
+    // A failed check, then in10's certificate within 3 days, then in2's
+    // renewed.
+    let later = vec![
+        row("in10", at(100), None),
+        tls("in10", at(115), 2.5),
+        tls("in10", at(130), 2.5),
+        tls("in2", at(115), 365.0),
+    ];
+    db::metrics::insert_batch(&db.pool, &later).await.unwrap();
+    wait_for("the escalation and the renewal", || async {
+        incidents(&db.pool).await.len() == 3
+            && severities()
+                .await
+                .iter()
+                .any(|r| r.0 == "in2" && r.2 == "resolved")
+    })
+    .await;
+    run.stop().await;
+    let got = severities().await;
+    assert_eq!(
+        got,
+        vec![
+            (
+                "in10".into(),
+                "certificate".into(),
+                "resolved".into(),
+                "high".into(),
+                Some("escalated".into())
+            ),
+            (
+                "in2".into(),
+                "certificate".into(),
+                "resolved".into(),
+                "critical".into(),
+                None
+            ),
+            (
+                "in10".into(),
+                "certificate".into(),
+                "open".into(),
+                "critical".into(),
+                None
+            ),
+        ],
+    );
+    // Events: each opening, and in2's resolution; none for the warning
+    // the critical incident replaced.
+    let mut ev = events(&db.pool).await;
+    ev.sort();
+    assert_eq!(
+        ev,
+        vec![
+            ("in10".to_string(), "open".to_string()),
+            ("in10".to_string(), "open".to_string()),
+            ("in2".to_string(), "open".to_string()),
+            ("in2".to_string(), "resolve".to_string()),
+        ]
+    );
+}

@@ -128,6 +128,7 @@ mod tests {
             response_size_bytes: Some(1),
             error_kind: None,
             error_message: None,
+            tls_expires_at: None,
         }
     }
 

@@ -6,13 +6,16 @@
 //! what it carries. The endpoint's headers and body go to its own origin
 //! only; a hop from https to http is refused.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apimon_core::apis::{Endpoint, Probe};
+use apimon_core::certs::CaBundle;
 use apimon_core::db::metrics::MetricRow;
-use chrono::{SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use reqwest::{Method, StatusCode, Url};
 
 use crate::dns;
@@ -68,11 +71,18 @@ const MAX_MESSAGE: usize = 1000;
 /// Most redirects followed in one check.
 pub const MAX_REDIRECTS: usize = 10;
 
-/// Sends checks through one shared HTTP client (one connection pool) and
-/// one DNS resolver per resolver address.
+/// Sends checks through one shared HTTP client (one connection pool), one
+/// more per private CA (`ca_file`), and one DNS resolver per resolver
+/// address.
 #[derive(Clone)]
 pub struct Checker {
     client: reqwest::Client,
+    /// The settings every client is built with.
+    user_agent: String,
+    hosts: Vec<(String, SocketAddr)>,
+    /// The clients that also trust a private CA, by the CA file's PEM
+    /// text, built as they are needed.
+    ca_clients: Arc<Mutex<HashMap<Arc<Vec<u8>>, reqwest::Client>>>,
     /// The resolvers of `kind = "dns"` checks, built as they are needed.
     resolvers: dns::Resolvers,
 }
@@ -88,36 +98,51 @@ impl Checker {
         user_agent: &str,
         hosts: &[(&str, SocketAddr)],
     ) -> Result<Checker, reqwest::Error> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(user_agent)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            // `Checker::fetch` follows redirects itself, or not at all.
-            .redirect(reqwest::redirect::Policy::none());
-        for (host, addr) in hosts {
-            builder = builder.resolve(host, *addr);
-        }
+        let hosts: Vec<(String, SocketAddr)> =
+            hosts.iter().map(|(h, a)| (h.to_string(), *a)).collect();
         Ok(Checker {
-            client: builder.build()?,
+            client: client_builder(user_agent, &hosts).build()?,
+            user_agent: user_agent.to_string(),
+            hosts,
+            ca_clients: Arc::default(),
             resolvers: dns::Resolvers::default(),
         })
+    }
+
+    /// The client for `ep`: the shared one, or the one that also trusts
+    /// its `ca_file`.
+    fn client_for(&self, ep: &Endpoint) -> Result<reqwest::Client, Failure> {
+        let Some(ca) = &ep.ca else {
+            return Ok(self.client.clone());
+        };
+        let mut clients = self.ca_clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&ca.pem) {
+            return Ok(c.clone());
+        }
+        let client = self.ca_client(ca).map_err(|e| {
+            Failure::new(
+                ErrorKind::Tls,
+                None,
+                format!("cannot use ca_file `{}`: {e}", ca.path.display()),
+            )
+        })?;
+        clients.insert(ca.pem.clone(), client.clone());
+        Ok(client)
+    }
+
+    fn ca_client(&self, ca: &CaBundle) -> Result<reqwest::Client, reqwest::Error> {
+        let mut builder = client_builder(&self.user_agent, &self.hosts);
+        for cert in reqwest::Certificate::from_pem_bundle(&ca.pem)? {
+            builder = builder.add_root_certificate(cert);
+        }
+        builder.build()
     }
 
     /// Checks `ep` once. Never fails: a failure is a row too.
     #[tracing::instrument(skip_all, fields(api = %ep.name, kind = ep.probe.kind()))]
     pub async fn check(&self, ep: &Endpoint) -> MetricRow {
         let timestamp = Utc::now().trunc_subsecs(6);
-        let mut row = MetricRow {
-            timestamp,
-            api_name: ep.name.clone(),
-            url: ep.url.redacted().to_string(),
-            response_time_ms: None,
-            status_code: None,
-            success: false,
-            response_size_bytes: None,
-            error_kind: None,
-            error_message: None,
-        };
+        let mut row = MetricRow::empty(timestamp, &ep.name, ep.url.redacted().as_str());
         let started = Instant::now();
         let outcome = match &ep.probe {
             Probe::Http => self.check_http(ep, started).await,
@@ -141,12 +166,14 @@ impl Checker {
                 row.status_code = done.status.map(i32::from);
                 row.response_size_bytes = done.size;
                 row.response_time_ms = Some(done.elapsed.as_secs_f64() * 1000.0);
+                row.tls_expires_at = done.tls_expires_at;
                 row.success = true;
             }
             Err(f) => {
                 row.status_code = f.status.map(i32::from);
                 row.response_size_bytes = f.size;
                 row.response_time_ms = f.elapsed.map(|e| e.as_secs_f64() * 1000.0);
+                row.tls_expires_at = f.tls_expires_at;
                 row.error_kind = Some(f.kind.as_str().to_string());
                 row.error_message = Some(bounded(f.message));
             }
@@ -164,6 +191,7 @@ impl Checker {
             message,
             size: Some(answer.size),
             elapsed: Some(elapsed),
+            tls_expires_at: answer.tls_expires_at,
         };
         if !ep.expected_status.matches(answer.status) {
             return Err(fail(
@@ -181,6 +209,7 @@ impl Checker {
             status: Some(answer.status),
             size: Some(answer.size),
             elapsed,
+            tls_expires_at: answer.tls_expires_at,
         })
     }
 
@@ -196,6 +225,7 @@ impl Checker {
         let mut same_origin = true;
         let mut with_body = ep.body.is_some();
         let mut hops = 0;
+        let mut tls_expires_at = None;
         loop {
             let left = ep.timeout.saturating_sub(started.elapsed());
             if left.is_zero() {
@@ -206,7 +236,7 @@ impl Checker {
                 ));
             }
             let mut req = self
-                .client
+                .client_for(ep)?
                 .request(method.clone(), url.clone())
                 .timeout(left);
             if same_origin {
@@ -220,6 +250,13 @@ impl Checker {
                 .await
                 .map_err(|e| Failure::from_reqwest(e, None))?;
             let status = resp.status();
+            if hops == 0 {
+                tls_expires_at = resp
+                    .extensions()
+                    .get::<reqwest::tls::TlsInfo>()
+                    .and_then(|info| info.peer_certificate())
+                    .and_then(apimon_core::certs::not_after);
+            }
             if ep.follow_redirects {
                 if let Some(next) = next_hop(&url, status, resp.headers())? {
                     if hops == MAX_REDIRECTS {
@@ -251,9 +288,27 @@ impl Checker {
             } else {
                 0
             };
-            return read_body(resp, keep).await;
+            let mut answer = read_body(resp, keep).await?;
+            answer.tls_expires_at = tls_expires_at;
+            return Ok(answer);
         }
     }
+}
+
+/// The settings of every HTTP client of the checks.
+fn client_builder(user_agent: &str, hosts: &[(String, SocketAddr)]) -> reqwest::ClientBuilder {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(user_agent)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        // The certificate of each https check, for its expiry.
+        .tls_info(true)
+        // `Checker::fetch` follows redirects itself, or not at all.
+        .redirect(reqwest::redirect::Policy::none());
+    for (host, addr) in hosts {
+        builder = builder.resolve(host, *addr);
+    }
+    builder
 }
 
 /// Where a redirect answer sends the next hop: `None` when `status` is no
@@ -298,6 +353,8 @@ pub(crate) struct Done {
     pub status: Option<u16>,
     pub size: Option<i64>,
     pub elapsed: Duration,
+    /// The notAfter of the endpoint's certificate (https).
+    pub tls_expires_at: Option<DateTime<Utc>>,
 }
 
 /// A complete HTTP answer: its status, headers, size, and the first bytes
@@ -308,6 +365,9 @@ struct Answer {
     size: i64,
     body: Vec<u8>,
     truncated: bool,
+    /// The notAfter of the certificate of the endpoint's own URL (the
+    /// first hop), when it is https.
+    tls_expires_at: Option<DateTime<Utc>>,
 }
 
 /// A failed check: its kind, the status when a response head came, and
@@ -320,6 +380,7 @@ pub(crate) struct Failure {
     pub message: String,
     pub size: Option<i64>,
     pub elapsed: Option<Duration>,
+    pub tls_expires_at: Option<DateTime<Utc>>,
 }
 
 impl Failure {
@@ -330,6 +391,7 @@ impl Failure {
             message: message.into(),
             size: None,
             elapsed: None,
+            tls_expires_at: None,
         }
     }
 
@@ -363,6 +425,7 @@ async fn read_body(mut resp: reqwest::Response, keep: usize) -> Result<Answer, F
                     size,
                     body,
                     truncated,
+                    tls_expires_at: None,
                 })
             }
             Err(error) => return Err(Failure::from_reqwest(error, Some(status))),
@@ -384,6 +447,7 @@ fn within_limit(
             message: e.0,
             size: None,
             elapsed: Some(done.elapsed),
+            tls_expires_at: None,
         }),
     }
 }

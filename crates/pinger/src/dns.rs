@@ -137,6 +137,7 @@ impl Resolvers {
             message,
             size: None,
             elapsed: Some(elapsed),
+            tls_expires_at: None,
         };
         if answers.is_empty() {
             return Err(fail(
@@ -166,6 +167,7 @@ impl Resolvers {
             status: None,
             size: None,
             elapsed,
+            tls_expires_at: None,
         })
     }
 }
@@ -228,6 +230,7 @@ fn failed(probe: &DnsProbe, e: &ResolveError, elapsed: Duration) -> Failure {
         size: None,
         // An answer came: its time is kept, as for an HTTP error status.
         elapsed: answered.then_some(elapsed),
+        tls_expires_at: None,
     }
 }
 

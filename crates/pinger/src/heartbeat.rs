@@ -122,17 +122,7 @@ pub(crate) fn judge(
     watching_since: DateTime<Utc>,
 ) -> Option<MetricRow> {
     let allowed = ep.interval + probe.grace;
-    let mut row = MetricRow {
-        timestamp: now.trunc_subsecs(6),
-        api_name: ep.name.clone(),
-        url: ep.url.redacted().to_string(),
-        response_time_ms: None,
-        status_code: None,
-        success: false,
-        response_size_bytes: None,
-        error_kind: None,
-        error_message: None,
-    };
+    let mut row = MetricRow::empty(now.trunc_subsecs(6), &ep.name, ep.url.redacted().as_str());
     let expected = format!(
         "expected every {}, grace {}",
         humantime::format_duration(ep.interval),

@@ -97,6 +97,14 @@ pub fn describe(ep: &apimon_core::apis::Endpoint) -> String {
     if ep.follow_redirects {
         line.push_str("\tfollows redirects");
     }
+    if let Some(ca) = &ep.ca {
+        line.push_str(&format!(
+            "\ttrusts ca_file {} ({} certificate{})",
+            ca.path.display(),
+            ca.certificates,
+            if ca.certificates == 1 { "" } else { "s" }
+        ));
+    }
     line
 }
 

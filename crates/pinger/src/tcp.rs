@@ -53,6 +53,7 @@ pub(crate) async fn connect(address: &str, timeout: Duration) -> Result<Done, Fa
                     status: None,
                     size: None,
                     elapsed,
+                    tls_expires_at: None,
                 });
             }
             Ok(Err(e)) => last = Some(e),

@@ -217,10 +217,7 @@ async fn a_tcp_check_succeeds_on_a_listener_and_fails_once_it_is_closed() {
 /// `pinger --check-config` lists each endpoint's kind and assertions.
 #[test]
 fn check_config_lists_each_endpoints_kind_and_assertions() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("apis.toml");
-    std::fs::write(
-        &path,
+    let lines = helpers::check_config_lines(
         r#"
 [[api]]
 name = "orders"
@@ -234,23 +231,8 @@ kind = "tcp"
 address = "db.test:5432"
 timeout = "5s"
 "#,
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pinger"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("APIS_FILE", &path)
-        .current_dir(dir.path())
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        &[],
     );
-    let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines,
         vec![

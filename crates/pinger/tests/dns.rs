@@ -170,10 +170,7 @@ async fn every_check_asks_the_server_nothing_is_cached() {
 /// expected answer.
 #[test]
 fn check_config_lists_a_dns_entrys_type_name_resolver_and_expected_answer() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("apis.toml");
-    std::fs::write(
-        &path,
+    let lines = helpers::check_config_lines(
         r#"
 [[api]]
 name = "api record"
@@ -188,23 +185,8 @@ kind = "dns"
 dns_name = "example.com."
 record_type = "mx"
 "#,
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pinger"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("APIS_FILE", &path)
-        .current_dir(dir.path())
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        &[],
     );
-    let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines,
         vec![

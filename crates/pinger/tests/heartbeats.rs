@@ -17,14 +17,6 @@ const ON_TIME: &str = "ontime-T0KEN-0123456789";
 const STOPS: &str = "stops-T0KEN-0123456789";
 const NEVER: &str = "never-T0KEN-0123456789";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A pinger process with `env`; killed when dropped.
 struct Pinger(Child, std::path::PathBuf);
 
@@ -86,7 +78,7 @@ async fn heartbeats_on_time_late_and_missing() {
         entry("never", NEVER),
     ]
     .concat();
-    let port = free_port();
+    let port = apimon_testkit::procs::free_port();
     let pinger = start(&h, &toml, port, "0/1", "pinger");
     let up = wait_until(Duration::from_secs(30), || async {
         post(port, STOPS).await == 200
@@ -166,7 +158,10 @@ async fn a_heartbeat_received_by_any_replica_reaches_the_endpoints_owner() {
         })
         .unwrap();
     let other = 1 - owner;
-    let (p_owner, p_other) = (free_port(), free_port());
+    let (p_owner, p_other) = (
+        apimon_testkit::procs::free_port(),
+        apimon_testkit::procs::free_port(),
+    );
     let a = start(&h, &toml, p_owner, &format!("{owner}/2"), "owner");
     let b = start(&h, &toml, p_other, &format!("{other}/2"), "other");
     // Every heartbeat goes to the replica that does not own the endpoint.

@@ -169,7 +169,10 @@ async fn rounds_that_lose_rows_exit_3_saying_how_many() {
     h.server.set("/ok", Reply::ok());
     let toml = endpoints(&h.server, &[("a", "/ok"), ("b", "/ok")], "100ms");
     let mut env = h.env(&toml, &[("SHUTDOWN_GRACE", "500ms")]);
-    env[0].1 = format!("postgres://postgres@127.0.0.1:{}/nowhere", free_port());
+    env[0].1 = format!(
+        "postgres://postgres@127.0.0.1:{}/nowhere",
+        apimon_testkit::procs::free_port()
+    );
     let out = pinger_binary()
         .envs(env)
         .args(["--rounds", "3"])
@@ -373,6 +376,18 @@ fn configuration_errors_exit_2_with_one_line_naming_the_problem() {
             "api[0] \"A\": max_response_time",
         ),
         (
+            "unreadable ca_file",
+            vec![],
+            "[[api]]\nname = \"A\"\nurl = \"https://a.test/\"\nca_file = \"certs/missing-ca.pem\"\n",
+            "api[0] \"A\": ca_file: cannot read `",
+        ),
+        (
+            "ca_file without a certificate",
+            vec![],
+            "[[api]]\nname = \"A\"\nurl = \"https://a.test/\"\nca_file = \"apis.toml\"\n",
+            "api[0] \"A\": ca_file: `",
+        ),
+        (
             "bad maintenance window",
             vec![],
             "[[api]]\nname = \"A\"\nurl = \"http://a.test/\"\n[[maintenance]]\ncron = \"0 2 * * SUN\"\nduration = \"2h\"\ntimezone = \"Mars/Base\"\n",
@@ -428,14 +443,6 @@ fn check_config_lists_the_endpoints_of_this_shard() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn get(url: &str) -> Option<(u16, String)> {
     let r = reqwest::get(url).await.ok()?;
     let status = r.status().as_u16();
@@ -449,7 +456,7 @@ async fn healthz_reports_a_database_outage_and_metrics_count_checks() {
     h.server.set("/ok", Reply::ok());
     h.server.set("/boom", Reply::status(500));
     let toml = endpoints(&h.server, &[("good", "/ok"), ("bad", "/boom")], "200ms");
-    let port = free_port();
+    let port = apimon_testkit::procs::free_port();
     let mut cmd = pinger_binary();
     cmd.envs(h.env(
         &toml,

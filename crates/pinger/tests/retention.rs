@@ -28,6 +28,7 @@ fn check(api: &str, ts: DateTime<Utc>) -> MetricRow {
         response_size_bytes: Some(2),
         error_kind: None,
         error_message: None,
+        tls_expires_at: None,
     }
 }
 

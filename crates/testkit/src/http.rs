@@ -11,8 +11,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::tls::Identity;
 
 /// How the server answers requests to one path.
 #[derive(Debug, Clone)]
@@ -106,6 +108,7 @@ pub struct HttpServer {
     routes: Routes,
     requests: Arc<Mutex<Vec<Request>>>,
     task: tokio::task::JoinHandle<()>,
+    is_tls: bool,
 }
 
 impl Drop for HttpServer {
@@ -118,6 +121,16 @@ impl HttpServer {
     /// Starts on `127.0.0.1` on a port the OS picks. Paths without a reply
     /// get 404.
     pub async fn start() -> HttpServer {
+        HttpServer::start_with(None).await
+    }
+
+    /// [`HttpServer::start`], serving HTTPS with `identity` (a certificate
+    /// from [`crate::tls::TestCa`]); its URLs are `https://localhost:PORT`.
+    pub async fn start_tls(identity: &Identity) -> HttpServer {
+        HttpServer::start_with(Some(identity.acceptor())).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
@@ -125,13 +138,29 @@ impl HttpServer {
         let routes: Routes = Arc::default();
         let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
         let (r, q) = (routes.clone(), requests.clone());
+        let is_tls = tls.is_some();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(stream, r.clone(), q.clone()));
+                let (r, q) = (r.clone(), q.clone());
+                match &tls {
+                    None => {
+                        tokio::spawn(serve(stream, r, q));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            // A client that refuses the certificate ends
+                            // the handshake: nothing to serve.
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                serve(tls, r, q).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         HttpServer {
@@ -139,6 +168,7 @@ impl HttpServer {
             routes,
             requests,
             task,
+            is_tls,
         }
     }
 
@@ -146,9 +176,14 @@ impl HttpServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT{path}`.
+    /// `http://127.0.0.1:PORT{path}`, or `https://localhost:PORT{path}`
+    /// for a TLS server (the name its certificate is for).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        if self.is_tls {
+            format!("https://localhost:{}{path}", self.addr.port())
+        } else {
+            format!("http://{}{path}", self.addr)
+        }
     }
 
     /// Sets how `path` (without its query) is answered from now on.
@@ -174,7 +209,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn serve(mut stream: TcpStream, routes: Routes, requests: Arc<Mutex<Vec<Request>>>) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    routes: Routes,
+    requests: Arc<Mutex<Vec<Request>>>,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         let Some(req) = read_request(&mut stream, &mut buf).await else {
@@ -237,7 +276,11 @@ async fn serve(mut stream: TcpStream, routes: Routes, requests: Arc<Mutex<Vec<Re
     }
 }
 
-async fn write_response(stream: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()> {
+async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    code: u16,
+    body: &str,
+) -> std::io::Result<()> {
     let resp = format!(
         "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
@@ -248,7 +291,7 @@ async fn write_response(stream: &mut TcpStream, code: u16, body: &str) -> std::i
 
 /// Reads one request (head and `Content-Length` body); `None` at EOF or on
 /// garbage.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<Request> {
     let head_end = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i;

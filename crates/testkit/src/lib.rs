@@ -18,6 +18,7 @@ pub mod procfs;
 pub mod procs;
 pub mod scan;
 pub mod smtp;
+pub mod tls;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;

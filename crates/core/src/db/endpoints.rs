@@ -41,14 +41,17 @@ pub async fn upsert(pool: &PgPool, endpoints: &[Endpoint]) -> Result<(), sqlx::E
         .iter()
         .map(|e| e.expected_status.to_string())
         .collect();
+    let kinds: Vec<&str> = endpoints.iter().map(|e| e.probe.kind()).collect();
     sqlx::query(
         r#"
-        INSERT INTO api_endpoints (api_name, url, method, interval_ms, timeout_ms, expected_status)
-        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[])
+        INSERT INTO api_endpoints (api_name, url, method, interval_ms, timeout_ms, expected_status,
+                                   kind)
+        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[],
+                             $7::text[])
         ON CONFLICT (api_name) DO UPDATE SET
             url = EXCLUDED.url, method = EXCLUDED.method, interval_ms = EXCLUDED.interval_ms,
             timeout_ms = EXCLUDED.timeout_ms, expected_status = EXCLUDED.expected_status,
-            updated_at = now(), retired_at = NULL
+            kind = EXCLUDED.kind, updated_at = now(), retired_at = NULL
         "#,
     )
     .bind(&names)
@@ -57,6 +60,7 @@ pub async fn upsert(pool: &PgPool, endpoints: &[Endpoint]) -> Result<(), sqlx::E
     .bind(&intervals)
     .bind(&timeouts)
     .bind(&statuses)
+    .bind(&kinds)
     .execute(pool)
     .await?;
     Ok(())

@@ -59,6 +59,20 @@ pub async fn apply(
                 .execute(&mut **tx)
                 .await?;
             }
+            Change::Escalated => {
+                // Replaced by the incident opened next: no notification.
+                sqlx::query(
+                    r#"UPDATE incidents SET state = 'resolved', resolution = 'escalated',
+                              resolved_at = $3, evidence = $4, updated_at = now()
+                       WHERE api_name = $1 AND kind = $2 AND state <> 'resolved'"#,
+                )
+                .bind(api)
+                .bind(i.kind.as_str())
+                .bind(i.resolved_at.unwrap_or(i.opened_at))
+                .bind(&evidence)
+                .execute(&mut **tx)
+                .await?;
+            }
             Change::Resolved => {
                 let id: Option<i64> = sqlx::query_scalar(
                     r#"UPDATE incidents SET state = 'resolved', recovered_at = $3,

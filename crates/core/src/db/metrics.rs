@@ -23,6 +23,29 @@ pub struct MetricRow {
     /// `timeout`, `dns`, `connect`, `tls`, `http_status`, `body`, ...
     pub error_kind: Option<String>,
     pub error_message: Option<String>,
+    /// The notAfter of the leaf certificate of an https check's TLS
+    /// session; `None` for plain HTTP, other kinds, and checks that did
+    /// not complete a handshake.
+    pub tls_expires_at: Option<DateTime<Utc>>,
+}
+
+impl MetricRow {
+    /// A failed check of `api_name` at `timestamp` with nothing measured
+    /// yet: what a check fills in.
+    pub fn empty(timestamp: DateTime<Utc>, api_name: &str, url: &str) -> MetricRow {
+        MetricRow {
+            timestamp,
+            api_name: api_name.to_string(),
+            url: url.to_string(),
+            response_time_ms: None,
+            status_code: None,
+            success: false,
+            response_size_bytes: None,
+            error_kind: None,
+            error_message: None,
+            tls_expires_at: None,
+        }
+    }
 }
 
 /// Inserts `rows` in one statement and, in the same statement (so on
@@ -44,6 +67,7 @@ pub async fn insert_batch(pool: &PgPool, rows: &[MetricRow]) -> Result<u64, sqlx
     let mut size = Vec::with_capacity(n);
     let mut kind = Vec::with_capacity(n);
     let mut msg = Vec::with_capacity(n);
+    let mut tls = Vec::with_capacity(n);
     for r in rows {
         ts.push(r.timestamp);
         name.push(r.api_name.as_str());
@@ -54,14 +78,17 @@ pub async fn insert_batch(pool: &PgPool, rows: &[MetricRow]) -> Result<u64, sqlx
         size.push(r.response_size_bytes);
         kind.push(r.error_kind.as_deref());
         msg.push(r.error_message.as_deref());
+        tls.push(r.tls_expires_at);
     }
     let inserted: i64 = sqlx::query_scalar(
         r#"
         WITH ins AS (
             INSERT INTO api_metrics ("timestamp", api_name, url, response_time_ms, status_code,
-                                     success, response_size_bytes, error_kind, error_message)
+                                     success, response_size_bytes, error_kind, error_message,
+                                     tls_expires_at)
             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::float8[],
-                                 $5::int4[], $6::bool[], $7::int8[], $8::text[], $9::text[])
+                                 $5::int4[], $6::bool[], $7::int8[], $8::text[], $9::text[],
+                                 $11::timestamptz[])
             ON CONFLICT (api_name, "timestamp") DO NOTHING
             RETURNING 1
         )
@@ -78,6 +105,7 @@ pub async fn insert_batch(pool: &PgPool, rows: &[MetricRow]) -> Result<u64, sqlx
     .bind(&kind)
     .bind(&msg)
     .bind(METRICS_CHANNEL)
+    .bind(&tls)
     .fetch_one(pool)
     .await?;
     Ok(u64::try_from(inserted).unwrap_or(0))
@@ -87,7 +115,7 @@ pub async fn insert_batch(pool: &PgPool, rows: &[MetricRow]) -> Result<u64, sqlx
 pub async fn for_api(pool: &PgPool, api_name: &str) -> Result<Vec<MetricRow>, sqlx::Error> {
     sqlx::query_as(
         r#"SELECT "timestamp", api_name, url, response_time_ms, status_code, success,
-                  response_size_bytes, error_kind, error_message
+                  response_size_bytes, error_kind, error_message, tls_expires_at
            FROM api_metrics WHERE api_name = $1 ORDER BY "timestamp""#,
     )
     .bind(api_name)
@@ -140,6 +168,7 @@ pub struct NewRow {
     pub error_kind: Option<String>,
     pub error_message: Option<String>,
     pub ingested_at: DateTime<Utc>,
+    pub tls_expires_at: Option<DateTime<Utc>>,
 }
 
 /// Rows after each API's watermark, by API then time, at most `limit`.
@@ -152,7 +181,7 @@ pub async fn after_watermarks(
     let ts: Vec<DateTime<Utc>> = marks.iter().map(|(_, t)| *t).collect();
     sqlx::query_as(
         r#"SELECT m."timestamp", m.api_name, m.response_time_ms, m.success, m.error_kind,
-                  m.error_message, m.ingested_at
+                  m.error_message, m.ingested_at, m.tls_expires_at
            FROM UNNEST($1::text[], $2::timestamptz[]) AS w(api_name, wm)
            CROSS JOIN LATERAL (
                SELECT * FROM api_metrics a

@@ -58,6 +58,7 @@ pub fn row(api: &str, ts: DateTime<Utc>, rt: Option<f64>) -> MetricRow {
         response_size_bytes: rt.map(|_| 10),
         error_kind: rt.is_none().then(|| "timeout".into()),
         error_message: rt.is_none().then(|| "operation timed out".into()),
+        tls_expires_at: None,
     }
 }
 

@@ -121,3 +121,35 @@ pub fn spacing_ms(rows: &[MetricRow]) -> Vec<f64> {
         })
         .collect()
 }
+
+/// Runs `pinger --check-config` with a clean environment on `toml`,
+/// written as `apis.toml` into a fresh directory (the working directory)
+/// with `files` beside it.
+pub fn check_config(toml: &str, files: &[(&str, &[u8])]) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("apis.toml");
+    std::fs::write(&path, toml).expect("write apis.toml");
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).expect("write a file beside apis.toml");
+    }
+    std::process::Command::new(env!("CARGO_BIN_EXE_pinger"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("APIS_FILE", &path)
+        .current_dir(dir.path())
+        .arg("--check-config")
+        .output()
+        .expect("run pinger --check-config")
+}
+
+/// The lines `pinger --check-config` prints for `toml`; it must succeed.
+pub fn check_config_lines(toml: &str, files: &[(&str, &[u8])]) -> Vec<String> {
+    let out = check_config(toml, files);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().map(str::to_string).collect()
+}
