@@ -365,6 +365,10 @@ pub struct Report {
     /// Incidents open at the end of the period, and those opened or
     /// resolved in it.
     pub incidents: Vec<Item>,
+    /// Certificates that expire within `TLS_EXPIRY_WARN_DAYS` of the
+    /// period's end, as its latest checks saw them: (API, notAfter),
+    /// soonest first.
+    pub certificates: Vec<(String, DateTime<Utc>)>,
 }
 
 impl Report {
@@ -465,6 +469,26 @@ pub fn report(r: &Report, dashboard: &str) -> Message {
             }
             h_inc.push_str("</ul>");
         }
+    }
+    if !r.certificates.is_empty() {
+        let title = "Certificates expiring soon";
+        t_inc.push_str(&format!("{title}:\n"));
+        h_inc.push_str(&format!("<p><b>{}:</b></p><ul>", text(title)));
+        for (api, expires) in &r.certificates {
+            let left = expires.signed_duration_since(r.end);
+            let line = if left <= chrono::Duration::zero() {
+                format!("{api}: expired at {}", when(*expires))
+            } else {
+                format!(
+                    "{api}: expires at {} (in {})",
+                    when(*expires),
+                    duration(left)
+                )
+            };
+            t_inc.push_str(&format!("- {line}\n"));
+            h_inc.push_str(&format!("<li>{}</li>", text(&line)));
+        }
+        h_inc.push_str("</ul>");
     }
     t_inc.push('\n');
     let mut t = format!("Period: {} to {}\n\n{t_inc}", when(r.start), when(r.end));
@@ -758,6 +782,7 @@ mod tests {
                 .map(|i| row(&format!("a{i}"), Status::Healthy))
                 .collect(),
             incidents: vec![item("a1", Kind::Down)],
+            certificates: vec![],
         };
         assert_eq!(r.subject(), "[apimon] Status: all 8 APIs healthy");
         r.rows[0].status = Status::Slow;
@@ -773,5 +798,22 @@ mod tests {
         let slow = m.text.find("Slow: a0").unwrap();
         assert!(open < slow, "{}", m.text);
         assert_eq!(m.payload["slow"][0], "a0");
+        assert!(!m.text.contains("Certificates"), "{}", m.text);
+        // Certificates expiring soon: listed, soonest first, escaped in HTML.
+        r.certificates = vec![
+            ("<pay>".into(), t + chrono::Duration::hours(50)),
+            ("a3".into(), t + chrono::Duration::days(9)),
+        ];
+        let m = report(&r, "http://g");
+        assert!(
+            m.text.contains(
+                "Certificates expiring soon:\n- <pay>: expires at 2026-11-27 12:00:00 UTC (in 2d 2h)\n\
+                 - a3: expires at 2026-12-04 10:00:00 UTC (in 9d 0h)\n"
+            ),
+            "{}",
+            m.text
+        );
+        assert!(m.html.contains("<li>&lt;pay&gt;: expires at"), "{}", m.html);
+        assert!(!m.html.contains("<pay>"), "{}", m.html);
     }
 }

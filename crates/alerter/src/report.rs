@@ -202,11 +202,18 @@ async fn build_with_missing(
         .iter()
         .filter_map(crate::dispatch::Item::from_row)
         .collect();
+    let warn = chrono::Duration::days(i64::from(cfg.incidents.tls_warn_days));
+    let certificates = if warn.is_zero() {
+        Vec::new()
+    } else {
+        db::metrics::expiring_certificates(pool, start, end, end + warn).await?
+    };
     Ok(Report {
         start,
         end,
         rows,
         incidents,
+        certificates,
     })
 }
 

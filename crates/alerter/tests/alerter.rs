@@ -143,6 +143,18 @@ fn pages(mails: &[Mail]) -> Vec<&Mail> {
         .collect()
 }
 
+/// The text/plain part of a multipart mail.
+fn plain_text(m: &Mail) -> String {
+    mailparse::parse_mail(m.data.as_bytes())
+        .unwrap()
+        .subparts
+        .iter()
+        .find(|p| p.ctype.mimetype == "text/plain")
+        .unwrap()
+        .get_body()
+        .unwrap()
+}
+
 fn subject(m: &Mail) -> String {
     let parsed = mailparse::parse_mail(m.data.as_bytes()).unwrap();
     parsed
@@ -312,6 +324,97 @@ async fn reminders_repeat_while_an_incident_stays_open_and_stop_at_its_resolutio
         "no reminder after the resolution"
     );
     assert_eq!(with_subject(&mails, "RESOLVED: api-a").len(), 1);
+    run.stop().await;
+}
+
+/// A certificate incident pages once at the warning and once when it turns
+/// critical (the warning it replaces gets no resolve mail), is reminded at
+/// most daily while a down incident is reminded every ALERT_REPEAT_INTERVAL,
+/// and its renewal sends one resolution.
+#[tokio::test]
+async fn certificate_incidents_page_once_per_level_are_not_reminded_hourly_and_resolve_once() {
+    let db = database(&["api-a", "api-b"]).await;
+    let smtp = SmtpServer::start().await;
+    let run = start(env(
+        &db,
+        Some(&smtp),
+        &[("ALERT_REPEAT_INTERVAL", "2s".into())],
+    ));
+    // Openings a minute old: past the group wait, each its own page.
+    let now = (Utc::now() - chrono::Duration::minutes(1)).trunc_subsecs(6);
+    let expires = (now + chrono::Duration::days(10)).trunc_subsecs(0);
+    let cert = |severity: Severity, state: State| Incident {
+        kind: Kind::Certificate,
+        state,
+        started_at: now,
+        opened_at: now,
+        recovered_at: None,
+        resolved_at: None,
+        severity,
+        reason: format!(
+            "the TLS certificate expires at {} (10 days 0 h left)",
+            expires.format("%Y-%m-%d %H:%M UTC")
+        ),
+        evidence: Evidence {
+            tls_expires_at: Some(expires),
+            ..Evidence::default()
+        },
+        flaps: 0,
+    };
+    apply(
+        &db.pool,
+        "api-b",
+        vec![(Change::Opened, cert(Severity::High, State::Open))],
+    )
+    .await;
+    smtp.wait_for(WAIT, |m| !with_subject(m, "CERTIFICATE: api-b").is_empty())
+        .await;
+    open_down(&db.pool, "api-a", now, "timeout").await;
+    smtp.wait_for(WAIT, |m| {
+        with_subject(m, "Still down: api-a").len() >= 2
+            && !with_subject(m, "CERTIFICATE: api-b").is_empty()
+    })
+    .await;
+    let mails = smtp.mails();
+    let page = with_subject(&mails, "CERTIFICATE: api-b");
+    assert_eq!(page.len(), 1);
+    let text = plain_text(page[0]);
+    assert!(text.contains("Certificate expires"), "{text}");
+    assert!(with_subject(&mails, "Still certificate").is_empty());
+    // Critical: the warning is closed as escalated, a new page goes out.
+    let mut warning = cert(Severity::High, State::Resolved);
+    warning.resolved_at = Some(now);
+    apply(
+        &db.pool,
+        "api-b",
+        vec![
+            (Change::Escalated, warning),
+            (Change::Opened, cert(Severity::Critical, State::Open)),
+        ],
+    )
+    .await;
+    smtp.wait_for(WAIT, |m| {
+        !with_subject(m, "CERTIFICATE CRITICAL: api-b").is_empty()
+    })
+    .await;
+    // Renewed: one resolution.
+    let mut renewed = cert(Severity::Critical, State::Resolved);
+    renewed.recovered_at = Some(Utc::now().trunc_subsecs(6));
+    renewed.resolved_at = renewed.recovered_at;
+    apply(&db.pool, "api-b", vec![(Change::Resolved, renewed)]).await;
+    smtp.wait_for(WAIT, |m| !with_subject(m, "RESOLVED: api-b").is_empty())
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mails = smtp.mails();
+    assert_eq!(with_subject(&mails, "RESOLVED: api-b").len(), 1);
+    assert_eq!(with_subject(&mails, "CERTIFICATE CRITICAL: api-b").len(), 1);
+    assert!(with_subject(&mails, "Still certificate").is_empty());
+    let resolutions: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT resolution FROM incidents WHERE api_name = 'api-b' ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(resolutions, vec![Some("escalated".to_string()), None]);
     run.stop().await;
 }
 
@@ -649,6 +752,50 @@ async fn a_report_waits_for_rows_still_on_their_way_and_then_counts_them_all() {
         text.contains("buffered | healthy | 20 | 100.0% |"),
         "{text}"
     );
+}
+
+/// The report lists the certificates that expire within
+/// TLS_EXPIRY_WARN_DAYS of the period's end, soonest first, as the
+/// period's latest check of each API saw them.
+#[tokio::test]
+async fn a_report_lists_the_certificates_that_expire_within_the_warning_soonest_first() {
+    let db = database(&["soon", "later", "far", "plain"]).await;
+    let cfg = env(&db, None, &[("ALERT_CHECK_INTERVAL", "300".into())]);
+    let (begin, end) = five_minute_period(&db).await;
+    let mut baselines = alerter::baseline::Baselines::new(cfg.baseline_window);
+    let expiry = |days: i64| (end + chrono::Duration::days(days)).trunc_subsecs(0);
+    let tls = |api: &str, days: i64| -> Vec<MetricRow> {
+        let mut rows = checks(api, begin, 21, 100.0);
+        for (i, r) in rows.iter_mut().enumerate() {
+            // An older certificate on the first checks: the latest counts.
+            r.tls_expires_at = Some(if i < 5 { expiry(1) } else { expiry(days) });
+        }
+        rows
+    };
+    let mut rows = tls("soon", 2);
+    rows.extend(tls("later", 10));
+    rows.extend(tls("far", 60));
+    rows.extend(checks("plain", begin, 21, 100.0));
+    db::metrics::insert_batch(&db.pool, &rows).await.unwrap();
+    assert!(
+        reports_at(
+            &db,
+            &cfg,
+            &mut baselines,
+            end + chrono::Duration::seconds(40)
+        )
+        .await
+    );
+    let (_, text) = queued_report(&db.pool, end).await.unwrap();
+    let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let expected = format!(
+        "Certificates expiring soon:\n- soon: expires at {} (in 2d 0h)\n\
+         - later: expires at {} (in 10d 0h)\n\n",
+        fmt(expiry(2)),
+        fmt(expiry(10))
+    );
+    assert!(text.contains(&expected), "{expected}\nin\n{text}");
+    assert!(!text.contains("far:") && !text.contains("plain:"), "{text}");
 }
 
 /// A check that started just before the period's end may answer up to its
@@ -1344,14 +1491,7 @@ async fn a_paged_outage_of_an_endpoint_removed_from_the_config_ends_with_one_res
     run.stop().await;
     let resolved = with_subject(&mails, "RESOLVED");
     assert_eq!(resolved.len(), 1, "one resolution");
-    let text = mailparse::parse_mail(resolved[0].data.as_bytes())
-        .unwrap()
-        .subparts
-        .iter()
-        .find(|p| p.ctype.mimetype == "text/plain")
-        .unwrap()
-        .get_body()
-        .unwrap();
+    let text = plain_text(resolved[0]);
     assert!(
         text.contains("the endpoint was removed from the configuration at "),
         "{text}"

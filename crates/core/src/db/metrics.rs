@@ -229,6 +229,34 @@ pub async fn before_watermarks(
 /// incident was open at the period's end.
 pub type PeriodStats = (String, i64, i64, Option<f64>, Option<f64>, bool, bool);
 
+/// The certificates of the active APIs that expire before `before`, as
+/// the latest check in `[start, end)` of each saw them: `(api, notAfter)`,
+/// soonest first.
+pub async fn expiring_certificates(
+    pool: &PgPool,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    before: DateTime<Utc>,
+) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        r#"SELECT api_name, tls_expires_at FROM (
+               SELECT DISTINCT ON (m.api_name) m.api_name, m.tls_expires_at
+               FROM api_metrics m
+               JOIN api_endpoints e ON e.api_name = m.api_name AND e.retired_at IS NULL
+               WHERE m."timestamp" >= $1 AND m."timestamp" < $2
+                 AND m.tls_expires_at IS NOT NULL
+               ORDER BY m.api_name, m."timestamp" DESC
+           ) latest
+           WHERE tls_expires_at < $3
+           ORDER BY tls_expires_at, api_name"#,
+    )
+    .bind(start)
+    .bind(end)
+    .bind(before)
+    .fetch_all(pool)
+    .await
+}
+
 /// [`PeriodStats`] of every active (not retired) API over `[start, end)`, by name.
 #[tracing::instrument(skip_all)]
 pub async fn period_stats(
