@@ -349,11 +349,19 @@ pub fn tail(text: &str, n: usize) -> String {
 /// A plain HTTP/1.1 GET on loopback: status code and body, `None` when the
 /// connection fails or no answer comes within 5 s.
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_request(port, "GET", path).await
+}
+
+/// A bodiless HTTP/1.1 request with `method` on loopback, as
+/// [`http_get`].
+pub async fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;

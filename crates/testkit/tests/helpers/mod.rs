@@ -117,6 +117,17 @@ impl Stack {
         }
     }
 
+    /// Appends `entries` (TOML `[[api]]` tables, with the stack's
+    /// defaults) to `apis.toml`; `names` are their names. Before the
+    /// services start.
+    pub fn add_apis(&mut self, entries: &str, names: &[&str]) {
+        let path = self.dir().join("apis.toml");
+        let mut toml = std::fs::read_to_string(&path).unwrap();
+        toml.push_str(entries);
+        std::fs::write(&path, toml).unwrap();
+        self.names.extend(names.iter().map(|n| n.to_string()));
+    }
+
     /// Where `apis.toml` and the logs are.
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().unwrap().path()
