@@ -14,8 +14,11 @@
 //!
 //! Options: `--endpoints N` (10000), `--interval D` (15s), `--duration D`
 //! (120s, the measured window, after the warm-up), `--warmup D` (one
-//! interval), `--delay-ms N` (50), `--rust-log FILTER` (`warn`; the
-//! pinger's last log lines are printed at the end). Set `DATABASE_URL` to use an existing
+//! interval), `--delay-ms N` (50), `--body-bytes N` (the JSON body's size,
+//! 11 by default: `{"ok":true}`), `--json-assertions` (every endpoint
+//! asserts two JSONPath values, one through a filter, and a header),
+//! `--rust-log FILTER` (`warn`; the pinger's last log lines are printed at
+//! the end). Set `DATABASE_URL` to use an existing
 //! server; otherwise a throwaway PostgreSQL cluster is started.
 
 use std::collections::HashMap;
@@ -45,6 +48,10 @@ struct Args {
     duration: Duration,
     warmup: Option<Duration>,
     delay: Duration,
+    /// Size of the JSON body of every answer.
+    body_bytes: usize,
+    /// Every endpoint asserts on the JSON body and a header.
+    json_assertions: bool,
     /// `RUST_LOG` of the pinger.
     rust_log: String,
 }
@@ -56,6 +63,8 @@ fn parse_args() -> Result<Args, String> {
         duration: Duration::from_secs(120),
         warmup: None,
         delay: Duration::from_millis(50),
+        body_bytes: SMALL_BODY.len(),
+        json_assertions: false,
         rust_log: "warn".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -71,9 +80,14 @@ fn parse_args() -> Result<Args, String> {
         if key == "--help" || key == "-h" {
             println!(
                 "usage: cargo bench -p pinger --bench load -- [--endpoints N] [--interval D] \
-                 [--duration D] [--warmup D] [--delay-ms N] [--rust-log FILTER]"
+                 [--duration D] [--warmup D] [--delay-ms N] [--body-bytes N] [--json-assertions] \
+                 [--rust-log FILTER]"
             );
             std::process::exit(0);
+        }
+        if key == "--json-assertions" {
+            args.json_assertions = true;
+            continue;
         }
         let mut value = || {
             inline
@@ -94,6 +108,12 @@ fn parse_args() -> Result<Args, String> {
             "--delay-ms" => {
                 let ms: u64 = value()?.parse().map_err(|e| format!("--delay-ms: {e}"))?;
                 args.delay = Duration::from_millis(ms);
+            }
+            "--body-bytes" => {
+                args.body_bytes = value()?.parse().map_err(|e| format!("--body-bytes: {e}"))?;
+                if args.body_bytes < SMALL_BODY.len() {
+                    return Err(format!("--body-bytes: at least {}", SMALL_BODY.len()));
+                }
             }
             "--rust-log" => args.rust_log = value()?,
             other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -117,13 +137,42 @@ struct ServerStats {
     hold_us: Mutex<Vec<f64>>,
 }
 
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-content-length: 11\r\n\r\n{\"ok\":true}";
+/// The body of every answer at the default size.
+const SMALL_BODY: &str = r#"{"ok":true}"#;
+
+/// The answer to every request: 200 with a JSON body of `bytes` bytes. A
+/// larger body is a health document that `--json-assertions` reads:
+/// `$.status`, a list of checks, padded to the size.
+fn response(bytes: usize) -> Vec<u8> {
+    let body = if bytes <= SMALL_BODY.len() {
+        SMALL_BODY.to_string()
+    } else {
+        let head = r#"{"status":"ok","version":"2.7.1","checks":[{"name":"db","up":true},{"name":"cache","up":true}],"pad":""#;
+        let tail = r#""}"#;
+        let pad = bytes.saturating_sub(head.len() + tail.len());
+        format!("{head}{}{tail}", "x".repeat(pad))
+    };
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// What `--json-assertions` adds to every endpoint.
+const ASSERTIONS: &str = r#"expect_json = { "$.status" = "ok", "$.checks[?@.name == 'db'].up" = true }
+expect_headers = { Content-Type = "application/json" }
+"#;
 
 /// Accepts connections on `listener`; every request to any path gets 200
 /// with a small JSON body after `delay`. HTTP/1.1 keep-alive, no pipelining
 /// needed (reqwest does not pipeline).
-async fn serve(listener: TcpListener, stats: Arc<ServerStats>, delay: Duration) {
+async fn serve(
+    listener: TcpListener,
+    stats: Arc<ServerStats>,
+    delay: Duration,
+    answer: Arc<Vec<u8>>,
+) {
     loop {
         match listener.accept().await {
             Ok((sock, _)) => {
@@ -131,7 +180,7 @@ async fn serve(listener: TcpListener, stats: Arc<ServerStats>, delay: Duration) 
                 let open = stats.connections_open.fetch_add(1, Ordering::Relaxed) + 1;
                 stats.connections_total.fetch_add(1, Ordering::Relaxed);
                 stats.connections_peak.fetch_max(open, Ordering::Relaxed);
-                tokio::spawn(connection(sock, stats.clone(), delay));
+                tokio::spawn(connection(sock, stats.clone(), delay, answer.clone()));
             }
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning.
@@ -142,7 +191,12 @@ async fn serve(listener: TcpListener, stats: Arc<ServerStats>, delay: Duration) 
     }
 }
 
-async fn connection(mut sock: TcpStream, stats: Arc<ServerStats>, delay: Duration) {
+async fn connection(
+    mut sock: TcpStream,
+    stats: Arc<ServerStats>,
+    delay: Duration,
+    answer: Arc<Vec<u8>>,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(2048);
     let mut chunk = [0u8; 4096];
     'requests: loop {
@@ -166,7 +220,7 @@ async fn connection(mut sock: TcpStream, stats: Arc<ServerStats>, delay: Duratio
         buf.drain(..head_end + body_len);
         stats.requests.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep_until((arrived + delay).into()).await;
-        if sock.write_all(RESPONSE).await.is_err() {
+        if sock.write_all(&answer).await.is_err() {
             break;
         }
         if stats.measuring.load(Ordering::Relaxed) {
@@ -286,9 +340,15 @@ async fn bench(args: Args) {
     let delay_ms = args.delay.as_secs_f64() * 1000.0;
     let expected_rate = k as f64 / args.interval.as_secs_f64();
     eprintln!(
-        "load bench: {k} endpoints every {}, {} ms server delay, warm-up {}, measured {}",
+        "load bench: {k} endpoints every {}, {} ms server delay, {} B bodies{}, warm-up {}, measured {}",
         secs(args.interval),
         delay_ms,
+        args.body_bytes,
+        if args.json_assertions {
+            " with JSON assertions"
+        } else {
+            ""
+        },
         secs(warmup),
         secs(args.duration)
     );
@@ -314,7 +374,8 @@ async fn bench(args: Args) {
         .expect("bind a loopback port");
     let addr = listener.local_addr().expect("local address");
     let server = Arc::new(ServerStats::default());
-    let server_task = tokio::spawn(serve(listener, server.clone(), args.delay));
+    let answer = Arc::new(response(args.body_bytes));
+    let server_task = tokio::spawn(serve(listener, server.clone(), args.delay, answer));
 
     // Endpoints file.
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -323,8 +384,12 @@ async fn bench(args: Args) {
     let mut toml = String::with_capacity(k * 100);
     for i in 0..k {
         toml.push_str(&format!(
-            "[[api]]\nname = \"e{i}\"\nurl = \"http://{addr}/e/{i}\"\ninterval = \"{interval_ms}ms\"\ntimeout = \"5s\"\n\n"
+            "[[api]]\nname = \"e{i}\"\nurl = \"http://{addr}/e/{i}\"\ninterval = \"{interval_ms}ms\"\ntimeout = \"5s\"\n"
         ));
+        if args.json_assertions {
+            toml.push_str(ASSERTIONS);
+        }
+        toml.push('\n');
     }
     std::fs::write(&apis, toml).expect("write apis.toml");
 
@@ -529,6 +594,15 @@ async fn bench(args: Args) {
     println!(
         "setup          {k} endpoints every {} (expected {expected_rate:.1} checks/s), server delay {delay_ms} ms,",
         secs(args.interval)
+    );
+    println!(
+        "               {} B JSON bodies, {}",
+        args.body_bytes,
+        if args.json_assertions {
+            "each endpoint asserting $.status, a filtered $.checks[...] value and Content-Type"
+        } else {
+            "no assertions"
+        }
     );
     println!(
         "               warm-up {} after the first request ({:.0} ms after spawn), measured window {window:.1} s",
