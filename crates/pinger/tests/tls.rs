@@ -28,9 +28,10 @@ async fn certificates_of_a_private_ca_are_trusted_through_ca_file_and_their_expi
         s.set("/health", Reply::ok());
     }
     h.server.set("/health", Reply::ok());
-    // ca_file is relative to apis.toml's directory.
+    // ca_file is relative to apis.toml's directory. Three rounds: the
+    // later ones reuse the kept-alive connection.
     let toml = format!(
-        "[[api]]\nname = \"in10\"\nurl = \"{}\"\nca_file = \"certs/ca.pem\"\n\
+        "[defaults]\ninterval = \"300ms\"\n[[api]]\nname = \"in10\"\nurl = \"{}\"\nca_file = \"certs/ca.pem\"\n\
          [[api]]\nname = \"in2\"\nurl = \"{}\"\nca_file = \"certs/ca.pem\"\n\
          [[api]]\nname = \"untrusted\"\nurl = \"{}\"\n\
          [[api]]\nname = \"plain\"\nurl = \"{}\"\n",
@@ -40,17 +41,24 @@ async fn certificates_of_a_private_ca_are_trusted_through_ca_file_and_their_expi
         h.server.url("/health"),
     );
     let cfg = h.config(&toml, &[]);
-    pinger::run(cfg, h.pinger_pool(), Some(1), std::future::pending())
+    pinger::run(cfg, h.pinger_pool(), Some(3), std::future::pending())
         .await
         .unwrap();
 
     for (api, leaf) in [("in10", &leaf10), ("in2", &leaf2)] {
         let rows = h.rows(api).await;
-        assert_eq!(rows.len(), 1, "{api}: {rows:?}");
-        assert!(rows[0].success, "{api}: {rows:?}");
-        assert_eq!(rows[0].status_code, Some(200));
-        assert_eq!(rows[0].tls_expires_at, Some(expiry(leaf)), "{api}");
+        assert_eq!(rows.len(), 3, "{api}: {rows:?}");
+        for r in &rows {
+            assert!(r.success, "{api}: {rows:?}");
+            assert_eq!(r.status_code, Some(200));
+            assert_eq!(r.tls_expires_at, Some(expiry(leaf)), "{api}: {rows:?}");
+        }
     }
+    let accepted = in2.connections();
+    assert!(
+        accepted < 3,
+        "the connection is reused: {accepted} accepted"
+    );
     let days = |rows: &[apimon_core::db::metrics::MetricRow]| {
         (rows[0].tls_expires_at.unwrap() - rows[0].timestamp).num_minutes() as f64 / 1440.0
     };

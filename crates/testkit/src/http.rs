@@ -109,6 +109,8 @@ pub struct HttpServer {
     requests: Arc<Mutex<Vec<Request>>>,
     task: tokio::task::JoinHandle<()>,
     is_tls: bool,
+    /// Connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Drop for HttpServer {
@@ -139,11 +141,14 @@ impl HttpServer {
         let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
         let (r, q) = (routes.clone(), requests.clone());
         let is_tls = tls.is_some();
+        let accepted: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let counter = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let (r, q) = (r.clone(), q.clone());
                 match &tls {
@@ -169,6 +174,7 @@ impl HttpServer {
             requests,
             task,
             is_tls,
+            accepted,
         }
     }
 
@@ -189,6 +195,11 @@ impl HttpServer {
     /// Sets how `path` (without its query) is answered from now on.
     pub fn set(&self, path: &str, reply: Reply) {
         lock(&self.routes).insert(path.to_string(), reply);
+    }
+
+    /// How many connections it accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every request received so far.
