@@ -64,6 +64,16 @@ pub fn count_certificates(pem: &[u8]) -> Result<usize, String> {
     Ok(n)
 }
 
+/// The DER of each PEM `CERTIFICATE` block of `pem` (unparseable blocks
+/// are skipped: [`CaBundle::load`] has refused them already).
+pub fn der_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem)
+        .flatten()
+        .filter(|block| block.label == "CERTIFICATE")
+        .map(|block| block.contents)
+        .collect()
+}
+
 /// The notAfter of a DER certificate; `None` when it does not parse.
 pub fn not_after(der: &[u8]) -> Option<DateTime<Utc>> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;

@@ -18,6 +18,7 @@ use apimon_core::db::metrics::MetricRow;
 use chrono::{DateTime, SubsecRound, Utc};
 use reqwest::{Method, StatusCode, Url};
 
+use crate::certificate::Rechecks;
 use crate::dns;
 use crate::tcp;
 
@@ -68,6 +69,10 @@ impl ErrorKind {
 /// Longest error message stored.
 const MAX_MESSAGE: usize = 1000;
 
+/// Time between two probes of an https endpoint's certificate, unless
+/// `PINGER_TLS_RECHECK` says otherwise.
+pub const DEFAULT_TLS_RECHECK: Duration = Duration::from_secs(3600);
+
 /// Most redirects followed in one check.
 pub const MAX_REDIRECTS: usize = 10;
 
@@ -85,6 +90,8 @@ pub struct Checker {
     ca_clients: Arc<Mutex<HashMap<Arc<Vec<u8>>, reqwest::Client>>>,
     /// The resolvers of `kind = "dns"` checks, built as they are needed.
     resolvers: dns::Resolvers,
+    /// The certificate probes of https endpoints.
+    rechecks: Rechecks,
 }
 
 impl Checker {
@@ -106,7 +113,15 @@ impl Checker {
             hosts,
             ca_clients: Arc::default(),
             resolvers: dns::Resolvers::default(),
+            rechecks: Rechecks::new(DEFAULT_TLS_RECHECK),
         })
+    }
+
+    /// Probes each https endpoint's certificate every `every` (zero: never)
+    /// besides reading it from the checks' connections.
+    pub fn with_tls_recheck(mut self, every: Duration) -> Checker {
+        self.rechecks = Rechecks::new(every);
+        self
     }
 
     /// The client for `ep`: the shared one, or the one that also trusts
@@ -183,8 +198,9 @@ impl Checker {
 
     /// An HTTP check: the request, its status, then its assertions.
     async fn check_http(&self, ep: &Endpoint, started: Instant) -> Result<Done, Failure> {
-        let answer = self.fetch(ep, started).await?;
+        let mut answer = self.fetch(ep, started).await?;
         let elapsed = started.elapsed();
+        answer.tls_expires_at = self.rechecks.expiry(ep, answer.tls_expires_at);
         let fail = |kind: ErrorKind, message: String| Failure {
             kind,
             status: Some(answer.status),

@@ -42,6 +42,10 @@ pub struct PingerConfig {
     pub summary_interval: Duration,
     /// `/healthz` and `/metrics` (`PINGER_HTTP_PORT`, 9101; 0 turns it off).
     pub http: Option<std::net::SocketAddr>,
+    /// Time between two handshake-only probes of an https endpoint's
+    /// certificate (`PINGER_TLS_RECHECK`, 1h; 0 turns them off): see
+    /// `crate::certificate`.
+    pub tls_recheck: Duration,
 }
 
 impl PingerConfig {
@@ -79,6 +83,8 @@ impl PingerConfig {
                 "expected a duration above 0",
             ));
         }
+        let tls_recheck =
+            env.duration_or("PINGER_TLS_RECHECK", crate::check::DEFAULT_TLS_RECHECK)?;
         let http = apimon_core::health::http_addr(env, "pinger", 9101)?;
         if http.is_none() {
             if let Some(ep) = endpoints
@@ -97,6 +103,7 @@ impl PingerConfig {
         }
         Ok(PingerConfig {
             http,
+            tls_recheck,
             db,
             apis_file,
             endpoints,

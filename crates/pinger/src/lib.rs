@@ -10,6 +10,7 @@
 
 pub mod buffer;
 pub mod catalog;
+pub mod certificate;
 pub mod check;
 pub mod config;
 mod dns;
@@ -156,7 +157,7 @@ pub async fn run_with_health(
     if endpoints.is_empty() {
         tracing::warn!(shard = %cfg.shard, "this shard owns no endpoint; nothing to check");
     }
-    let checker = Checker::new(&cfg.user_agent)?;
+    let checker = Checker::new(&cfg.user_agent)?.with_tls_recheck(cfg.tls_recheck);
     let buffer = Arc::new(Buffer::new(cfg.buffer_capacity, cfg.batch_size));
     let stats = Arc::new(Stats::default());
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -118,6 +118,62 @@ async fn a_failed_status_still_records_the_certificate_and_an_https_to_http_redi
     assert_eq!(h.server.hits("/plain"), 0, "the http hop is never made");
 }
 
+/// A certificate renewed while the pinger keeps its connection open: the
+/// checks' connection still shows the old one, the handshake-only probe
+/// (every PINGER_TLS_RECHECK) reads the new one, and rows record the later.
+/// With the probes off, the rows keep showing the old certificate.
+#[tokio::test]
+async fn a_renewed_certificate_is_seen_by_the_probe_while_the_connection_stays_open() {
+    let h = Harness::new().await;
+    let ca = TestCa::new();
+    ca.write_pem(&h.dir.path().join("ca.pem"));
+    let (old, renewed) = (ca.leaf_for_days(5), ca.leaf_for_days(90));
+    let server = HttpServer::start_tls(&old).await;
+    server.set("/health", Reply::ok());
+    let toml = format!(
+        "[defaults]\ninterval = \"200ms\"\n\
+         [[api]]\nname = \"probed\"\nurl = \"{}\"\nca_file = \"ca.pem\"\n",
+        server.url("/health"),
+    );
+    let run = |recheck: &'static str, rounds: u64| {
+        let cfg = h.config(&toml, &[("PINGER_TLS_RECHECK", recheck)]);
+        let pool = h.pinger_pool();
+        tokio::spawn(
+            async move { pinger::run(cfg, pool, Some(rounds), std::future::pending()).await },
+        )
+    };
+    // Renewed after the first checks, on a connection that stays open.
+    let task = run("500ms", 20);
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    server.set_identity(&renewed);
+    task.await.unwrap().unwrap();
+    let rows = h.rows("probed").await;
+    assert_eq!(rows.len(), 20, "{rows:?}");
+    assert!(rows.iter().all(|r| r.success), "{rows:?}");
+    assert_eq!(rows[0].tls_expires_at, Some(expiry(&old)));
+    assert_eq!(rows[19].tls_expires_at, Some(expiry(&renewed)), "{rows:?}");
+    // One connection for the checks, kept open, and one per probe (every
+    // 500 ms over the 4 s of 20 rounds).
+    let connections = server.connections();
+    assert!((2..=10).contains(&connections), "{connections}");
+
+    // Without probes the open connection keeps the old certificate.
+    sqlx::query("DELETE FROM api_metrics")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    server.set_identity(&old);
+    let task = run("0s", 8);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    server.set_identity(&renewed);
+    task.await.unwrap().unwrap();
+    let rows = h.rows("probed").await;
+    assert!(
+        rows.iter().all(|r| r.tls_expires_at == Some(expiry(&old))),
+        "{rows:?}"
+    );
+}
+
 /// `pinger --check-config` names the CA file each endpoint trusts.
 #[test]
 fn check_config_lists_the_ca_file_of_an_endpoint() {

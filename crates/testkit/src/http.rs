@@ -111,6 +111,8 @@ pub struct HttpServer {
     is_tls: bool,
     /// Connections accepted so far.
     accepted: Arc<std::sync::atomic::AtomicUsize>,
+    /// What a TLS server presents to new connections.
+    identity: Arc<Mutex<Option<tokio_rustls::TlsAcceptor>>>,
 }
 
 impl Drop for HttpServer {
@@ -132,7 +134,7 @@ impl HttpServer {
         HttpServer::start_with(Some(identity.acceptor())).await
     }
 
-    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> HttpServer {
+    async fn start_with(acceptor: Option<tokio_rustls::TlsAcceptor>) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
@@ -140,7 +142,9 @@ impl HttpServer {
         let routes: Routes = Arc::default();
         let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
         let (r, q) = (routes.clone(), requests.clone());
-        let is_tls = tls.is_some();
+        let is_tls = acceptor.is_some();
+        let tls = Arc::new(Mutex::new(acceptor));
+        let identity = tls.clone();
         let accepted: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let counter = accepted.clone();
         let task = tokio::spawn(async move {
@@ -151,12 +155,12 @@ impl HttpServer {
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let (r, q) = (r.clone(), q.clone());
-                match &tls {
+                let acceptor = lock(&tls).clone();
+                match acceptor {
                     None => {
                         tokio::spawn(serve(stream, r, q));
                     }
                     Some(acceptor) => {
-                        let acceptor = acceptor.clone();
                         tokio::spawn(async move {
                             // A client that refuses the certificate ends
                             // the handshake: nothing to serve.
@@ -175,6 +179,7 @@ impl HttpServer {
             task,
             is_tls,
             accepted,
+            identity,
         }
     }
 
@@ -195,6 +200,12 @@ impl HttpServer {
     /// Sets how `path` (without its query) is answered from now on.
     pub fn set(&self, path: &str, reply: Reply) {
         lock(&self.routes).insert(path.to_string(), reply);
+    }
+
+    /// A TLS server presents `identity` to the connections it accepts from
+    /// now on (a renewed certificate); open ones keep theirs.
+    pub fn set_identity(&self, identity: &Identity) {
+        *lock(&self.identity) = Some(identity.acceptor());
     }
 
     /// How many connections it accepted so far.
