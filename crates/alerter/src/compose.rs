@@ -601,6 +601,11 @@ pub fn report(r: &Report, dashboard: &str) -> Message {
                 "recovered_at": i.recovered_at, "resolved_at": i.resolved_at,
                 "reason": i.reason,
             })).collect::<Vec<_>>(),
+            "certificates": r.certificates.iter().map(|(api, expires)| json!({
+                "api": api,
+                "expires_at": expires,
+                "days_left": expires.signed_duration_since(r.end).num_minutes() as f64 / 1440.0,
+            })).collect::<Vec<_>>(),
             "dashboard": link,
         }),
     }
@@ -814,6 +819,10 @@ mod tests {
             m.text
         );
         assert!(m.html.contains("<li>&lt;pay&gt;: expires at"), "{}", m.html);
+        // And in the webhook payload.
+        assert_eq!(m.payload["certificates"][0]["api"], "<pay>");
+        let days = m.payload["certificates"][1]["days_left"].as_f64().unwrap();
+        assert!((days - 9.0).abs() < 1e-9, "{days}");
         assert!(!m.html.contains("<pay>"), "{}", m.html);
     }
 }
