@@ -61,11 +61,18 @@ impl Rechecks {
         }
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let entry = seen.entry(ep.name.clone()).or_insert(Probed {
-            at: now,
-            in_flight: false,
-            not_after: None,
-        });
+        // The name is copied once per endpoint, not once per check.
+        if !seen.contains_key(&ep.name) {
+            let first = Probed {
+                at: now,
+                in_flight: false,
+                not_after: None,
+            };
+            seen.insert(ep.name.clone(), first);
+        }
+        let Some(entry) = seen.get_mut(&ep.name) else {
+            return from_connection;
+        };
         if !entry.in_flight && now.duration_since(entry.at) >= self.every {
             if let (Some(host), Some(port)) = (url.host(), url.port_or_known_default()) {
                 entry.in_flight = true;
